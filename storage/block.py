@@ -1,0 +1,205 @@
+"""Blocks: ~1,024 records sealed together as compressed columns with block-local indexes.
+
+``build_block`` is pure: records in, bytes out.  It sorts the records by (ts_ns, id) — so row order
+is time order and a time range inside a block is a contiguous row range — and produces:
+
+* one zstd-compressed blob per column (``storage.layout.COL_*``), so a query decodes only the
+  columns it needs;
+* a posting list per term that occurs in at least two rows (plus every level / source / tag term);
+* a bloom filter over the terms that occur in a single row (they have no posting list);
+* the header (``storage.header.BlockHeader``).
+
+Column encodings (inside the zstd frame):
+    ts, id            int64 little-endian deltas from the previous row (first row absolute)
+    level, source     msgpack [distinct values, uint16 codes bytes]   (dictionary encoded)
+    tags, message, metadata, thread_id, request_id, user_id   msgpack list, one item per row
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, Iterable, Mapping
+
+import msgpack
+import zstandard
+
+from storage import layout
+from storage.bloom import build_bloom
+from storage.errors import CorruptData
+from storage.header import BlockHeader
+from storage.postings import encode_postings
+from storage.tokens import _TOKEN_RE
+
+ZSTD_LEVEL = 3
+#: row offsets are uint16 in posting lists
+MAX_BLOCK_ROWS = 65535
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    comp = getattr(_local, "comp", None)
+    if comp is None:
+        comp = _local.comp = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dec = getattr(_local, "dec", None)
+    if dec is None:
+        dec = _local.dec = zstandard.ZstdDecompressor()
+    return dec
+
+
+@dataclass(slots=True)
+class SealedBlock:
+    header: BlockHeader
+    columns: dict[int, bytes]
+    postings: dict[str, bytes]
+    bloom: bytes
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _deltas(values: list[int]) -> bytes:
+    out = array("q", values)
+    for i in range(len(values) - 1, 0, -1):
+        out[i] = values[i] - values[i - 1]
+    return out.tobytes()
+
+
+def _dictionary(values: list[str]) -> bytes:
+    codes: dict[str, int] = {}
+    encoded = array("H", [codes.setdefault(v, len(codes)) for v in values])
+    return _pack([list(codes), encoded.tobytes()])
+
+
+def _rows_by_value(values: list[Any], prefix: str, out: dict[str, list[int]]) -> None:
+    by_value: defaultdict[Any, list[int]] = defaultdict(list)
+    for i, value in enumerate(values):
+        by_value[value].append(i)
+    for value, rows in by_value.items():
+        if value is not None:
+            out[prefix + value] = rows
+
+
+def _term_rows(levels: list[str], sources: list[str], tags: list[list[str]], messages: list[str],
+               metadata: list[dict[str, Any]], threads: list[str | None], requests: list[str | None],
+               users: list[str | None]) -> dict[str, list[int]]:
+    """term -> ascending rows holding it.  Values are grouped per field first and prefixed once per
+    distinct value (not once per row): this loop is the bulk of sealing cost."""
+    out: dict[str, list[int]] = {}
+    tokens: defaultdict[str, list[int]] = defaultdict(list)
+    findall = _TOKEN_RE.findall
+    for i, message in enumerate(messages):
+        for token in set(findall(message.lower())):
+            tokens[token].append(i)
+    for token, rows in tokens.items():
+        out["w:" + token] = rows
+    _rows_by_value(levels, "l:", out)
+    _rows_by_value(sources, "s:", out)
+    _rows_by_value(threads, "h:", out)
+    _rows_by_value(requests, "r:", out)
+    _rows_by_value(users, "u:", out)
+    tag_rows: defaultdict[str, list[int]] = defaultdict(list)
+    for i, row_tags in enumerate(tags):
+        for tag in row_tags:
+            tag_rows[tag].append(i)
+    for tag, rows in tag_rows.items():
+        out["t:" + tag] = rows
+    meta_rows: defaultdict[tuple[str, Any], list[int]] = defaultdict(list)
+    for i, row_meta in enumerate(metadata):
+        for pair in row_meta.items():
+            meta_rows[pair].append(i)
+    meta_text = layout.meta_value_text
+    for (key, value), rows in meta_rows.items():
+        term = "m:" + key + "=" + meta_text(value)
+        found = out.get(term)
+        if found is None:
+            out[term] = rows
+        else:  # 1 and 1.0 and True render differently, but "1" and 1 do not: merge
+            out[term] = sorted(set(found) | set(rows))
+    return out
+
+
+def build_block(records: Iterable[Mapping[str, Any]], block_id: int) -> SealedBlock:
+    rows = sorted(records, key=lambda r: (r["ts_ns"], r["id"]))
+    n = len(rows)
+    if n == 0 or n > MAX_BLOCK_ROWS:
+        raise ValueError(f"a block holds 1..{MAX_BLOCK_ROWS} records, got {n}")
+
+    ts = [r["ts_ns"] for r in rows]
+    ids = [r["id"] for r in rows]
+    levels = [r["level"] for r in rows]
+    sources = [r["source"] for r in rows]
+    tags = [r["tags"] for r in rows]
+    messages = [r["message"] for r in rows]
+    metadata = [r["metadata"] for r in rows]
+    threads = [r["thread_id"] for r in rows]
+    requests = [r["request_id"] for r in rows]
+    users = [r["user_id"] for r in rows]
+
+    comp = _compressor()
+    columns = {
+        layout.COL_TS: comp.compress(_deltas(ts)),
+        layout.COL_ID: comp.compress(_deltas(ids)),
+        layout.COL_LEVEL: comp.compress(_dictionary(levels)),
+        layout.COL_SOURCE: comp.compress(_dictionary(sources)),
+        layout.COL_TAGS: comp.compress(_pack(tags)),
+        layout.COL_MESSAGE: comp.compress(_pack(messages)),
+        layout.COL_METADATA: comp.compress(_pack(metadata)),
+        layout.COL_THREAD: comp.compress(_pack(threads)),
+        layout.COL_REQUEST: comp.compress(_pack(requests)),
+        layout.COL_USER: comp.compress(_pack(users)),
+    }
+
+    term_rows = _term_rows(levels, sources, tags, messages, metadata, threads, requests, users)
+    postings: dict[str, bytes] = {}
+    once: list[bytes] = []
+    always = layout.ALWAYS_POSTED_KINDS
+    term_bytes = layout.term_bytes
+    for term, term_row_list in term_rows.items():
+        if len(term_row_list) > 1 or term[:2] in always:
+            postings[term] = encode_postings(term_row_list, n)
+        else:
+            once.append(term_bytes(term)[0])
+    bloom = build_bloom(once)
+
+    level_counts: dict[str, int] = {}
+    for value in levels:
+        level_counts[value] = level_counts.get(value, 0) + 1
+    source_counts: dict[str, int] = {}
+    for value in sources:
+        source_counts[value] = source_counts.get(value, 0) + 1
+    tag_counts = {term[2:]: len(r) for term, r in term_rows.items() if term[:2] == "t:"}
+    header = BlockHeader(block_id, ts[0], ts[-1], n, level_counts, source_counts, tag_counts)
+    return SealedBlock(header, columns, postings, bloom)
+
+
+def decode_column(column: int, data: bytes) -> list[Any]:
+    """Decompress and decode one stored column into one Python value per row."""
+    try:
+        raw = _decompressor().decompress(data)
+        if column in (layout.COL_TS, layout.COL_ID):
+            values = array("q")
+            values.frombytes(raw)
+            return list(accumulate(values))
+        if column in (layout.COL_LEVEL, layout.COL_SOURCE):
+            distinct, codes_bytes = msgpack.unpackb(raw, raw=False)
+            codes = array("H")
+            codes.frombytes(codes_bytes)
+            return [distinct[c] for c in codes]
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except CorruptData:
+        raise
+    except Exception as exc:  # zstd, msgpack and shape errors all mean the same: bad bytes on disk
+        raise CorruptData(f"column {column} cannot be decoded: {exc}") from exc
+    if not isinstance(value, list):
+        raise CorruptData(f"column {column} is not a list")
+    return value

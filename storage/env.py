@@ -1,0 +1,164 @@
+"""The LMDB environment of one store: opening it safely and keeping it healthy.
+
+Owns the LMDB hygiene rules of DESIGN §4:
+* durable commits: ``sync=True, metasync=True, writemap=False``;
+* directories 0700, files 0600, one owning process (``flock`` on ``owner.lock``);
+* the map starts at ``map_size_bytes`` and doubles on ``MapFullError`` up to ``max_size_bytes``, after
+  which writes fail with ``StoreFull``.  Growing the map needs no transaction open in this process,
+  so read transactions enter through ``ReadersGate`` and growth waits for them to leave;
+* ``reader_check()`` at open (and by the store periodically) clears slots of dead readers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import lmdb
+
+from storage import layout
+from storage.errors import FormatMismatch, StoreFull, StoreLocked
+
+
+class ReadersGate:
+    """Shared/exclusive gate: readers run concurrently; ``exclusive()`` waits for them to drain and
+    keeps new ones out (used only to resize the map, which is rare)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+def make_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def take_owner_lock(directory: Path, lock_name: str = layout.OWNER_LOCK_NAME, *,
+                    busy: str = "{directory} is in use by another shardlog process (pid {pid}); stop it first "
+                                "or use another --data-dir") -> int:
+    """flock ``directory/lock_name``; StoreLocked (message ``busy``) if another process holds it.
+    Returns the fd, kept open for the owner's life; the kernel drops the lock when the process dies."""
+    path = directory / lock_name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        try:
+            pid = path.read_text().strip() or "?"
+        except OSError:
+            pid = "?"
+        raise StoreLocked(busy.format(directory=directory, pid=pid)) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+class Env:
+    """An open LMDB environment with the named databases of ``storage.layout``."""
+
+    def __init__(self, directory: Path, *, map_size_bytes: int, max_size_bytes: int) -> None:
+        self.directory = directory
+        self.max_size_bytes = max_size_bytes
+        self.gate = ReadersGate()
+        fresh = not (directory / layout.MANIFEST_NAME).exists()
+        if fresh and (directory / "data.mdb").exists():
+            raise FormatMismatch(f"{directory} holds an LMDB file but no {layout.MANIFEST_NAME}; it is not a "
+                                 "shardlog store; point --data-dir at a shardlog data dir or an empty directory")
+        if not fresh:
+            layout.check_manifest(directory)
+        try:
+            self.env = lmdb.open(
+                str(directory),
+                map_size=map_size_bytes,
+                max_dbs=len(layout.ALL_DBS) + 2,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                map_async=False,
+                readahead=False,
+                mode=0o600,
+                max_readers=512,
+                lock=True,
+                subdir=True,
+            )
+        except lmdb.Error as exc:
+            raise FormatMismatch(f"cannot open the LMDB store in {directory}: {exc}; check the directory "
+                                 "and its permissions") from exc
+        self.env.reader_check()
+        self.dbs = {name: self.env.open_db(name) for name in layout.ALL_DBS}
+        if fresh:
+            layout.write_manifest(directory)
+        # a store grown by an earlier run keeps its size: LMDB reports the larger of the two
+        self.map_size_bytes = self.env.info()["map_size"]
+
+    def db(self, name: bytes) -> "lmdb._Database":
+        return self.dbs[name]
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        with self.gate.shared():
+            txn = self.env.begin(buffers=False)
+            try:
+                yield txn
+            finally:
+                txn.abort()
+
+    def grow(self) -> None:
+        """Double the map (called after a MapFullError aborted a write); StoreFull at the cap."""
+        if self.map_size_bytes >= self.max_size_bytes:
+            raise StoreFull(f"store {self.directory} is full at {self.map_size_bytes} bytes; the limit is "
+                            f"{self.max_size_bytes} bytes (max_store_bytes); raise it, shorten --retention, or "
+                            "free disk space")
+        new_size = min(self.map_size_bytes * 2, self.max_size_bytes)
+        with self.gate.exclusive():
+            self.env.set_mapsize(new_size)
+        self.map_size_bytes = new_size
+
+    def bytes_on_disk(self) -> int:
+        total = 0
+        for name in ("data.mdb", "lock.mdb"):
+            try:
+                total += os.stat(self.directory / name).st_blocks * 512
+            except FileNotFoundError:
+                pass
+        return total
+
+    def close(self) -> None:
+        self.env.close()

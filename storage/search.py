@@ -1,0 +1,345 @@
+"""Answering queries, counts and aggregations over one store snapshot.
+
+A ``Snapshot`` is what a reader sees: the headers of the sealed blocks that overlap the query's time
+bounds (taken from the AVL index under the store's state lock) plus the unsealed in-memory tail.
+Blocks are read in one LMDB read transaction opened after the snapshot was taken, so every block in
+the snapshot is visible in it (a block retention dropped meanwhile is skipped: its data had expired).
+
+Row queries visit blocks newest-first (or oldest-first) and stop as soon as no remaining block can
+beat the current page, unless an exact total is asked for; counts and aggregations use header counts
+for blocks the query covers whole, and posting lists or row checks for the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import lmdb
+
+from storage import layout
+from storage import query as q
+from storage.aggregate import AggSpec, Aggregator
+from storage.bloom import bloom_may_contain, term_hashes
+from storage.block import decode_column
+from storage.errors import BadQuery
+from storage.header import BlockHeader
+from storage.levels import severity
+from storage.planner import matching_rows
+from storage.postings import decode_postings, row_range
+
+#: a page deeper than this must use the cursor (search_after) instead of an offset
+MAX_WINDOW = 100_000
+
+
+class BlockGone(Exception):
+    """A block of the snapshot was dropped by retention before we read it."""
+
+
+class ColumnCache:
+    """LRU of decoded columns keyed by (block_id, column); shared by the store's readers."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[tuple[int, int], list[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> list[Any] | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[int, int], value: list[Any]) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def drop_block(self, block_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == block_id]:
+                del self._items[key]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    blocks: list[BlockHeader]
+    blooms: dict[int, bytes]
+    tail: list[dict[str, Any]]
+
+
+class View:
+    """``storage.planner.BlockView`` over one block inside one read transaction."""
+
+    __slots__ = ("header", "_txn", "_dbs", "_cache", "_bloom", "_hashes")
+
+    def __init__(self, header: BlockHeader, txn: lmdb.Transaction, dbs: dict[bytes, Any],
+                 cache: ColumnCache, bloom: bytes | None, hashes: dict[str, tuple[int, int]]) -> None:
+        self.header = header
+        self._txn = txn
+        self._dbs = dbs
+        self._cache = cache
+        self._bloom = bloom
+        self._hashes = hashes
+
+    def postings(self, term: str) -> int | None:
+        key, _ = layout.posting_key(self.header.block_id, term)
+        data = self._txn.get(key, db=self._dbs[layout.DB_POSTINGS])
+        return None if data is None else decode_postings(data)
+
+    def may_contain(self, term: str) -> bool:
+        if self._bloom is None:
+            return True
+        hashes = self._hashes.get(term)
+        if hashes is None:
+            hashes = self._hashes[term] = term_hashes(layout.term_bytes(term)[0])
+        return bloom_may_contain(self._bloom, hashes)
+
+    def column(self, column: int) -> list[Any]:
+        key = (self.header.block_id, column)
+        values = self._cache.get(key)
+        if values is None:
+            data = self._txn.get(layout.column_key(*key), db=self._dbs[layout.DB_COLUMNS])
+            if data is None:
+                raise BlockGone(self.header.block_id)
+            values = decode_column(column, data)
+            self._cache.put(key, values)
+        return values
+
+    def record(self, row: int) -> dict[str, Any]:
+        out = {}
+        for name, col in layout.FIELD_COLUMN.items():
+            out[name] = self.column(col)[row]
+        return out
+
+
+# --- header-only answers ----------------------------------------------------------------------------
+
+
+def header_count(node: q.Node, header: BlockHeader) -> int | None:
+    """Matches of ``node`` in the block from its header alone, or None when the header cannot tell."""
+    n = header.count
+    if isinstance(node, q.MatchAll):
+        return n
+    if isinstance(node, q.Field):
+        counts = header.field_counts(node.name)
+        if counts is None:
+            return None
+        return counts.get(node.value, 0)
+    if isinstance(node, q.MinSeverity):
+        return sum(c for level, c in header.levels.items() if severity(level) >= node.score)
+    if isinstance(node, q.TimeRange):
+        lo, hi = node.from_ns, node.to_ns
+        if (lo is not None and header.max_ts < lo) or (hi is not None and header.min_ts >= hi):
+            return 0
+        if (lo is None or header.min_ts >= lo) and (hi is None or header.max_ts < hi):
+            return n
+        return None
+    if isinstance(node, q.And):
+        known: list[int] = []
+        unknown = 0
+        for child in node.children:
+            c = header_count(child, header)
+            if c == 0:
+                return 0
+            if c is None:
+                unknown += 1
+            elif c != n:
+                known.append(c)
+        if unknown or len(known) > 1:
+            return None
+        return known[0] if known else n
+    if isinstance(node, q.Not):
+        c = header_count(node.child, header)
+        return None if c is None else n - c
+    return None
+
+
+# --- row queries --------------------------------------------------------------------------------
+
+
+def _cursor_rows(view: View, after: tuple[int, int], desc: bool) -> int:
+    """Rows strictly beyond the cursor in the sort order."""
+    ts = view.column(layout.COL_TS)
+    ids = view.column(layout.COL_ID)
+    keys = list(zip(ts, ids))
+    if desc:
+        return row_range(0, bisect_left(keys, tuple(after)))
+    return row_range(bisect_right(keys, tuple(after)), len(keys))
+
+
+def _top_rows(bits: int, k: int, desc: bool) -> list[int]:
+    """Up to k set rows from the high (desc) or low end of a bitmap."""
+    out = []
+    if desc:
+        while bits and len(out) < k:
+            row = bits.bit_length() - 1
+            out.append(row)
+            bits ^= 1 << row
+    else:
+        while bits and len(out) < k:
+            low = bits & -bits
+            out.append(low.bit_length() - 1)
+            bits ^= low
+    return out
+
+
+def _after_ok(record: dict[str, Any], after: tuple[int, int] | None, desc: bool) -> bool:
+    if after is None:
+        return True
+    key = (record["ts_ns"], record["id"])
+    return key < tuple(after) if desc else key > tuple(after)
+
+
+def run_query(env_read, dbs, cache: ColumnCache, snap: Snapshot, node: q.Node, *, desc: bool, offset: int,
+              limit: int, after: tuple[int, int] | None, want_total: bool) -> dict[str, Any]:
+    if offset < 0 or limit < 0:
+        raise BadQuery(f"offset {offset} and limit {limit} must be >= 0")
+    window = offset + limit
+    if window > MAX_WINDOW:
+        raise BadQuery(f"offset+limit is {window}; the limit is {MAX_WINDOW} (MAX_WINDOW); page deeper with the "
+                       "cursor (next_cursor / --cursor) instead of an offset")
+    total = 0
+    # heap of the best `window` keys seen: for desc keep the largest (min-heap of keys);
+    # for asc keep the smallest (min-heap of negated keys).
+    heap: list[tuple[Any, ...]] = []
+    sign = 1 if desc else -1
+
+    def offer(ts: int, rid: int, where: Any) -> None:
+        item = (sign * ts, sign * rid, where)
+        if len(heap) < window:
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
+
+    for record in snap.tail:
+        if q.matches(node, record) and _after_ok(record, after, desc):
+            total += 1
+            if window:
+                offer(record["ts_ns"], record["id"], ("tail", record))
+
+    blocks = sorted(snap.blocks, key=(lambda h: -h.max_ts) if desc else (lambda h: h.min_ts))
+    hashes: dict[str, tuple[int, int]] = {}
+    picked: dict[int, tuple[View, list[int]]] = {}
+    with env_read() as txn:
+        for header in blocks:
+            can_contribute = window and (len(heap) < window or (
+                header.max_ts >= heap[0][0] if desc else header.min_ts <= -heap[0][0]))
+            if not can_contribute and not want_total:
+                break
+            if after is not None and (header.min_ts > after[0] if desc else header.max_ts < after[0]):
+                continue
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes)
+            try:
+                if after is None and not can_contribute:
+                    c = header_count(node, header)
+                    if c is not None:
+                        total += c
+                        continue
+                bits = matching_rows(node, view)
+                if after is not None and bits:
+                    bits &= _cursor_rows(view, after, desc)
+                if not bits:
+                    continue
+                total += bits.bit_count()
+                if can_contribute:
+                    rows = _top_rows(bits, window, desc)
+                    ts = view.column(layout.COL_TS)
+                    ids = view.column(layout.COL_ID)
+                    for row in rows:
+                        offer(ts[row], ids[row], (header.block_id, row))
+                    picked[header.block_id] = (view, rows)
+            except BlockGone:
+                continue
+        ranked = sorted(heap, reverse=True)
+        page = ranked[offset:offset + limit]
+        rows_out = []
+        for _, _, where in page:
+            if where[0] == "tail":
+                rows_out.append(dict(where[1]))
+            else:
+                block_id, row = where
+                try:
+                    rows_out.append(picked[block_id][0].record(row))
+                except BlockGone:
+                    continue
+    return {"rows": rows_out, "total": total if want_total else None}
+
+
+def run_count(env_read, dbs, cache: ColumnCache, snap: Snapshot, node: q.Node) -> int:
+    total = sum(1 for record in snap.tail if q.matches(node, record))
+    hashes: dict[str, tuple[int, int]] = {}
+    with env_read() as txn:
+        for header in snap.blocks:
+            c = header_count(node, header)
+            if c is not None:
+                total += c
+                continue
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes)
+            try:
+                total += matching_rows(node, view).bit_count()
+            except BlockGone:
+                continue
+    return total
+
+
+_AGG_COLUMNS = {"level": layout.COL_LEVEL, "source": layout.COL_SOURCE, "tags": layout.COL_TAGS,
+                "meta": layout.COL_METADATA, "request_id": layout.COL_REQUEST, "user_id": layout.COL_USER,
+                "thread_id": layout.COL_THREAD}
+
+
+def _agg_columns(spec: AggSpec) -> dict[str, int]:
+    names = {"ts_ns": layout.COL_TS}
+    parts = (["group_by"] if spec.group_by is not None else []) + (
+        ["histogram"] if spec.histogram is not None else []) + ["top:" + name for name, _ in spec.top]
+    for part in parts:
+        kind, _ = spec.resolved(part)
+        names["metadata" if kind == "meta" else kind] = _AGG_COLUMNS[kind]
+    return names
+
+
+def run_aggregate(env_read, dbs, cache: ColumnCache, snap: Snapshot, node: q.Node, spec: AggSpec) -> Aggregator:
+    agg = Aggregator(spec)
+    for record in snap.tail:
+        if q.matches(node, record):
+            agg.add_record(record)
+    columns = _agg_columns(spec)
+    hashes: dict[str, tuple[int, int]] = {}
+    with env_read() as txn:
+        for header in snap.blocks:
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes)
+            try:
+                c = header_count(node, header)
+                if c == 0:
+                    continue
+                if c == header.count and spec.header_only:
+                    timestamps = view.column(layout.COL_TS) if spec.interval_ns is not None else None
+                    agg.add_header_counts(c, {"level": header.levels, "source": header.sources,
+                                              "tags": header.tags}, timestamps)
+                    continue
+                bits = matching_rows(node, view)
+                if not bits:
+                    continue
+                decoded = {name: view.column(col) for name, col in columns.items()}
+                for row in _iter_rows(bits):
+                    agg.add_record({name: values[row] for name, values in decoded.items()})
+            except BlockGone:
+                continue
+            agg.check_size()
+    return agg
+
+
+def _iter_rows(bits: int) -> Iterable[int]:
+    if bits.bit_count() > 64:
+        text = bin(bits)[:1:-1]
+        return [i for i, c in enumerate(text) if c == "1"]
+    return _top_rows(bits, bits.bit_count(), desc=False)

@@ -1,0 +1,568 @@
+"""One shard's store: durable ingest with group commit, sealing into blocks, reads, retention.
+
+Write path (one writer thread owns every LMDB write transaction):
+
+    ingest(records) ──► queue ──► writer: one write txn for every pending request
+                                   (WAL chunks + idempotency keys), commit with fsync,
+                                   then acknowledge all of them together (group commit)
+                                   └─► when the tail holds >= block_records (or is older than
+                                       seal_after_s): build a block, and in one txn store it
+                                       and delete its WAL chunks
+
+Read path: a snapshot of (blocks overlapping the time bounds, the unsealed tail) is taken under
+``_state_lock``; the blocks are then read in one read transaction (``storage.search``).
+
+Locking rules:
+* ``_state_lock`` guards ``_tree``, ``_headers``, ``_blooms``, ``_tail`` and ``_tail_records``;
+  the writer changes them only after the LMDB commit that makes the change durable succeeded, so
+  a snapshot never shows a block whose data a read transaction could miss, and never shows a
+  record twice (in a block and in the tail).
+* Only the writer thread touches ``_next_seq`` and ``_next_block_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import lmdb
+import msgpack
+
+from storage import layout
+from storage import query as q
+from storage.aggregate import AggSpec, to_wire as aggregate_to_wire
+from storage.avl import IntervalTree
+from storage.block import MAX_BLOCK_ROWS, SealedBlock, build_block
+from storage.env import Env, make_private_dir, take_owner_lock
+from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, StoreFull
+from storage.header import BlockHeader
+from storage.search import ColumnCache, Snapshot, run_aggregate, run_count, run_query
+
+log = logging.getLogger("shardlog.store")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    #: records per sealed block (DESIGN §4: ~1,024 balances compression against decode cost)
+    block_records: int = 1024
+    #: seal a partial block once its oldest record waited this long, so the WAL stays short
+    seal_after_s: float = 1.0
+    #: initial LMDB map; it doubles on MapFullError up to max_store_bytes
+    map_size_bytes: int = 256 * 1024 * 1024
+    max_store_bytes: int = 1 << 40
+    #: idempotency keys are remembered this long
+    idempotency_ttl_s: float = 24 * 3600
+    #: records accepted but not yet committed; beyond it ingest answers Overloaded (retryable)
+    max_pending_records: int = 500_000
+    #: decoded columns kept in memory for repeated queries
+    column_cache_entries: int = 256
+    reader_check_interval_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.block_records <= MAX_BLOCK_ROWS:
+            raise ValueError(f"block_records {self.block_records} must be 1..{MAX_BLOCK_ROWS}")
+
+
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (int,),
+    "ts_ns": (int,),
+    "level": (str,),
+    "message": (str,),
+    "source": (str,),
+    "tags": (list,),
+    "metadata": (dict,),
+    "thread_id": (str, type(None)),
+    "request_id": (str, type(None)),
+    "user_id": (str, type(None)),
+}
+
+
+def check_records(records: Any) -> list[dict[str, Any]]:
+    """Records arriving from the wire must have the normalized shape (the coordinator normalizes);
+    a wrong one is refused as a whole request, naming the record and field."""
+    if not isinstance(records, list):
+        raise BadRequest(f"records must be a list, got {type(records).__name__}")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise BadRequest(f"record {index} must be a map, got {type(record).__name__}")
+        for name, types in _RECORD_TYPES.items():
+            value = record.get(name, ...)
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise BadRequest(f"record {index} field {name!r} must be {'/'.join(t.__name__ for t in types)}, "
+                                 f"got {type(value).__name__ if value is not ... else 'nothing'}")
+        if not all(isinstance(t, str) for t in record["tags"]):
+            raise BadRequest(f"record {index} field 'tags' must hold strings")
+        if not -(1 << 63) <= record["ts_ns"] < (1 << 63) or not 0 <= record["id"] < (1 << 63):
+            raise BadRequest(f"record {index} ts_ns/id out of the int64 range")
+    return records
+
+
+class _Task:
+    __slots__ = ("kind", "records", "key", "future", "arg")
+
+    def __init__(self, kind: str, records: list[dict[str, Any]] | None = None, key: str | None = None,
+                 arg: Any = None) -> None:
+        self.kind = kind
+        self.records = records
+        self.key = key
+        self.arg = arg
+        self.future: Future = Future()
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike[str], config: StoreConfig | None = None) -> None:
+        self.path = Path(path)
+        self.config = config or StoreConfig()
+        make_private_dir(self.path)
+        self._lock_fd = take_owner_lock(self.path)
+        try:
+            self._env = Env(self.path, map_size_bytes=self.config.map_size_bytes,
+                            max_size_bytes=self.config.max_store_bytes)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._dbs = self._env.dbs
+        self._cache = ColumnCache(self.config.column_cache_entries)
+        self._state_lock = threading.Lock()
+        self._tree = IntervalTree()
+        self._headers: dict[int, BlockHeader] = {}
+        self._blooms: dict[int, bytes] = {}
+        self._tail: list[tuple[int, list[dict[str, Any]]]] = []  # (wal seq, chunk) oldest first
+        self._tail_records = 0
+        self._tail_since = 0.0  # monotonic time the oldest unsealed record arrived
+        self._pending_records = 0
+        self._pending_lock = threading.Lock()
+        self._next_seq = 0
+        self._next_block_id = 0
+        self._load()
+        self._queue: queue.Queue[_Task] = queue.Queue()  # ingest batches, for the writer
+        self._maintenance: queue.Queue[_Task] = queue.Queue()  # flush / retention / stop, for the sealer
+        self._write_lock = threading.Lock()  # LMDB has one write transaction at a time
+        self._seal_wakeup = threading.Event()
+        self._closed = False
+        self._writer = threading.Thread(target=self._writer_main, name=f"store-writer:{self.path.name}",
+                                        daemon=True)
+        self._sealer = threading.Thread(target=self._sealer_main, name=f"store-sealer:{self.path.name}",
+                                        daemon=True)
+        self._writer.start()
+        self._sealer.start()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> "Store":
+        return cls(path, StoreConfig(**options))
+
+    # --- open ----------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        items = []
+        with self._env.read() as txn:
+            for key, value in txn.cursor(db=self._dbs[layout.DB_HEADERS]):
+                header = BlockHeader.decode(value)
+                if header.block_id != layout.read_u64(key):
+                    raise CorruptData(f"block header under key {key.hex()} claims id {header.block_id}")
+                self._headers[header.block_id] = header
+                items.append((header.min_ts, header.max_ts, header.block_id))
+            for key, value in txn.cursor(db=self._dbs[layout.DB_BLOOMS]):
+                self._blooms[layout.read_u64(key)] = bytes(value)
+            for key, value in txn.cursor(db=self._dbs[layout.DB_WAL]):
+                seq = layout.read_u64(key)
+                try:
+                    chunk = msgpack.unpackb(value, raw=False, strict_map_key=True)
+                    check_records(chunk)
+                except (ShardlogError, ValueError, TypeError, msgpack.UnpackException) as exc:
+                    raise CorruptData(f"WAL entry {seq} in {self.path} cannot be read: {exc}") from exc
+                self._tail.append((seq, chunk))
+                self._tail_records += len(chunk)
+                self._next_seq = seq + 1
+        items.sort()
+        self._tree = IntervalTree.from_items(items) if hasattr(IntervalTree, "from_items") else IntervalTree()
+        if not hasattr(IntervalTree, "from_items"):
+            for item in items:
+                self._tree.insert(*item)
+        self._next_block_id = max(self._headers, default=-1) + 1
+        self._tail_since = time.monotonic()
+        if self._tail:
+            log.info("store %s: replayed %d records from the WAL", self.path, self._tail_records)
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def submit(self, records: list[dict[str, Any]], idempotency_key: str | None = None) -> Future:
+        """Queue a batch; the future resolves to ``{"accepted": n, "duplicate": bool}`` once durable."""
+        if self._closed:
+            raise ShardlogError(f"store {self.path} is closed")
+        n = len(records)
+        with self._pending_lock:
+            if self._pending_records and self._pending_records + n > self.config.max_pending_records:
+                raise Overloaded(f"store {self.path} has {self._pending_records} records waiting to commit; the "
+                                 f"limit is {self.config.max_pending_records} (max_pending_records); retry shortly",
+                                 retry_after_s=1)
+            self._pending_records += n
+        task = _Task("ingest", records, idempotency_key)
+        self._queue.put(task)
+        return task.future
+
+    def ingest(self, records: list[dict[str, Any]], idempotency_key: str | None = None) -> dict[str, Any]:
+        """Store a batch durably (blocks until committed).  Thread-safe; concurrent callers share commits."""
+        return self.submit(records, idempotency_key).result()
+
+    def flush(self) -> None:
+        """Seal every unsealed record into blocks now."""
+        self._run_task(_Task("flush"))
+
+    def drop_before(self, cutoff_ns: int) -> dict[str, int]:
+        """Retention: drop every block whose newest record is older than ``cutoff_ns``."""
+        return self._run_task(_Task("retention", arg=cutoff_ns))
+
+    def _run_task(self, task: _Task) -> Any:
+        if self._closed:
+            raise ShardlogError(f"store {self.path} is closed")
+        self._maintenance.put(task)
+        self._seal_wakeup.set()
+        return task.future.result()
+
+    def _writer_main(self) -> None:
+        """Group commit: every batch queued while the previous commit ran goes into the next one."""
+        while True:
+            tasks = [self._queue.get()]
+            while len(tasks) < 10_000:
+                try:
+                    tasks.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = [t for t in tasks if t.kind == "stop"]
+            ingests = [t for t in tasks if t.kind == "ingest"]
+            seals = [t for t in tasks if t.kind == "seal"]
+            if ingests or seals:
+                self._commit(ingests, seals)
+                if self._tail_records >= self.config.block_records:
+                    self._seal_wakeup.set()
+            if stop:
+                for task in stop:
+                    task.future.set_result(None)
+                return
+
+    def _sealer_main(self) -> None:
+        """Builds blocks (CPU) while the writer waits on fsyncs, and runs flush / retention."""
+        last_reader_check = time.monotonic()
+        while True:
+            self._seal_wakeup.wait(self.config.seal_after_s / 2)
+            self._seal_wakeup.clear()
+            try:
+                self._seal(force=False)
+            except Exception:  # keep sealing alive; the records stay in the WAL and in queries
+                log.exception("store %s: sealing failed; records stay in the WAL", self.path)
+            while True:
+                try:
+                    task = self._maintenance.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    if task.kind == "flush":
+                        self._seal(force=True)
+                        task.future.set_result(None)
+                    elif task.kind == "retention":
+                        task.future.set_result(self._drop_before(task.arg))
+                    elif task.kind == "stop":
+                        self._seal(force=False)
+                        task.future.set_result(None)
+                        return
+                except BaseException as exc:
+                    task.future.set_exception(exc)
+            now = time.monotonic()
+            if now - last_reader_check > self.config.reader_check_interval_s:
+                last_reader_check = now
+                try:
+                    self._env.env.reader_check()
+                except lmdb.Error:
+                    log.exception("store %s: reader_check failed", self.path)
+
+    def _write(self, fill: Callable[[lmdb.Transaction], Any]) -> Any:
+        """One write transaction; on MapFullError abort, grow the map and retry the whole thing."""
+        with self._write_lock:
+            while True:
+                try:
+                    with self._env.env.begin(write=True) as txn:
+                        return fill(txn)
+                except lmdb.MapFullError:
+                    self._env.grow()
+
+    def _commit(self, tasks: list[_Task], seals: list[_Task]) -> None:
+        """One durable transaction for all queued ingest batches and sealed blocks: ingest writes WAL
+        chunks; a sealed block is stored and its WAL chunks deleted.  One fsync for all of them."""
+        now_ns = time.time_ns()
+        block_records = self.config.block_records
+
+        def fill(txn: lmdb.Transaction) -> tuple[list[Any], list[tuple[int, list[dict[str, Any]]]], int]:
+            for seal in seals:
+                self._put_block(txn, *seal.arg)
+            seq = self._next_seq
+            results: list[Any] = []
+            chunks: list[tuple[int, list[dict[str, Any]]]] = []
+            seen: dict[bytes, int] = {}
+            wal = self._dbs[layout.DB_WAL]
+            for task in tasks:
+                records = task.records or []
+                ikey = layout.idem_key(task.key) if task.key else None
+                if ikey is not None:
+                    previous = txn.get(ikey, db=self._dbs[layout.DB_IDEM])
+                    if previous is not None or ikey in seen:
+                        accepted = seen.get(ikey)
+                        if accepted is None:
+                            accepted = msgpack.unpackb(previous, raw=False).get("accepted", 0)
+                        results.append({"accepted": accepted, "duplicate": True})
+                        continue
+                for start in range(0, len(records), block_records):
+                    chunk = records[start:start + block_records]
+                    txn.put(layout.u64(seq), msgpack.packb(chunk, use_bin_type=True), db=wal, append=True)
+                    chunks.append((seq, chunk))
+                    seq += 1
+                if ikey is not None:
+                    seen[ikey] = len(records)
+                    txn.put(ikey, msgpack.packb({"ts_ns": now_ns, "accepted": len(records)}),
+                            db=self._dbs[layout.DB_IDEM])
+                    txn.put(layout.idem_age_key(now_ns, ikey), b"", db=self._dbs[layout.DB_IDEM_AGE])
+                results.append({"accepted": len(records), "duplicate": False})
+            return results, chunks, seq
+
+        total = sum(len(t.records or ()) for t in tasks)
+        try:
+            results, chunks, next_seq = self._write(fill)
+        except BaseException as exc:
+            with self._pending_lock:
+                self._pending_records -= total
+            error = exc if isinstance(exc, ShardlogError) else StoreFull(str(exc)) if isinstance(
+                exc, lmdb.MapFullError) else ShardlogError(f"commit failed in {self.path}: {exc}")
+            for task in tasks + seals:
+                task.future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            log.error("store %s: commit of %d requests failed: %s", self.path, len(tasks), exc)
+            return
+        self._next_seq = next_seq
+        with self._state_lock:
+            for seal in seals:
+                self._show_block(*seal.arg)
+            if not self._tail and chunks:
+                self._tail_since = time.monotonic()
+            self._tail.extend(chunks)
+            self._tail_records += sum(len(c) for _, c in chunks)
+        with self._pending_lock:
+            self._pending_records -= total
+        for task, result in zip(tasks, results):
+            task.future.set_result(result)
+        for seal in seals:
+            seal.future.set_result(None)
+
+    def _seal(self, *, force: bool) -> None:
+        block_records = self.config.block_records
+        while True:
+            with self._state_lock:
+                aged = self._tail and time.monotonic() - self._tail_since >= self.config.seal_after_s
+                if not self._tail or (self._tail_records < block_records and not force and not aged):
+                    return
+                # (seq, chunk, rows taken from its front): a chunk that would overshoot the block is
+                # split, and its WAL entry is rewritten to hold the rest
+                taken: list[tuple[int, list[dict[str, Any]], int]] = []
+                count = 0
+                for seq, chunk in self._tail:
+                    if count >= block_records:
+                        break
+                    take = min(len(chunk), block_records - count)
+                    taken.append((seq, chunk, take))
+                    count += take
+            records = [r for _, chunk, take in taken for r in chunk[:take]]
+            sealed = build_block(records, self._next_block_id)
+            self._next_block_id += 1
+            # the writer stores it in its next transaction, together with pending ingest batches
+            task = _Task("seal", arg=(sealed, taken, count))
+            self._queue.put(task)
+            task.future.result()
+            if not force and self._tail_records < block_records:
+                return
+
+    def _put_block(self, txn: lmdb.Transaction, sealed: SealedBlock,
+                   taken: list[tuple[int, list[dict[str, Any]], int]], count: int) -> None:
+        block_id = sealed.header.block_id
+        prefix = layout.block_prefix(block_id)
+        txn.put(prefix, sealed.header.encode(), db=self._dbs[layout.DB_HEADERS])
+        txn.put(prefix, sealed.bloom, db=self._dbs[layout.DB_BLOOMS])
+        for column, data in sealed.columns.items():
+            txn.put(layout.column_key(block_id, column), data, db=self._dbs[layout.DB_COLUMNS])
+        postings_db = self._dbs[layout.DB_POSTINGS]
+        for key, data in sorted((layout.posting_key(block_id, t)[0], d) for t, d in sealed.postings.items()):
+            txn.put(key, data, db=postings_db)
+        for seq, chunk, take in taken:
+            if take == len(chunk):
+                txn.delete(layout.u64(seq), db=self._dbs[layout.DB_WAL])
+            else:
+                txn.put(layout.u64(seq), msgpack.packb(chunk[take:], use_bin_type=True), db=self._dbs[layout.DB_WAL])
+
+    def _show_block(self, sealed: SealedBlock, taken: list[tuple[int, list[dict[str, Any]], int]],
+                    count: int) -> None:
+        """After the commit, under the state lock: the block replaces its records in the tail."""
+        header = sealed.header
+        seq, chunk, take = taken[-1]
+        if take < len(chunk):
+            self._tail[len(taken) - 1] = (seq, chunk[take:])
+            del self._tail[:len(taken) - 1]
+        else:
+            del self._tail[:len(taken)]
+        self._tail_records -= count
+        self._tail_since = time.monotonic()
+        self._headers[header.block_id] = header
+        self._blooms[header.block_id] = sealed.bloom
+        self._tree.insert(header.min_ts, header.max_ts, header.block_id)
+
+    def _drop_before(self, cutoff_ns: int, batch_blocks: int = 16) -> dict[str, int]:
+        with self._state_lock:
+            doomed = self._tree.ending_before(cutoff_ns)
+        dropped_blocks = dropped_records = 0
+        for start in range(0, len(doomed), batch_blocks):
+            batch = doomed[start:start + batch_blocks]
+            # hide first, then delete: a reader that still holds these in its snapshot skips them
+            with self._state_lock:
+                for min_ts, _, block_id in batch:
+                    self._tree.remove(min_ts, block_id)
+                    dropped_records += self._headers.pop(block_id).count
+                    self._blooms.pop(block_id, None)
+
+            def fill(txn: lmdb.Transaction) -> None:
+                for _, _, block_id in batch:
+                    prefix = layout.block_prefix(block_id)
+                    txn.delete(prefix, db=self._dbs[layout.DB_HEADERS])
+                    txn.delete(prefix, db=self._dbs[layout.DB_BLOOMS])
+                    for db_name in (layout.DB_COLUMNS, layout.DB_POSTINGS):
+                        cursor = txn.cursor(db=self._dbs[db_name])
+                        if cursor.set_range(prefix):
+                            while cursor.key()[:8] == prefix:
+                                if not cursor.delete():
+                                    break
+
+            self._write(fill)
+            for _, _, block_id in batch:
+                self._cache.drop_block(block_id)
+            dropped_blocks += len(batch)
+        self._expire_idempotency_keys()
+        return {"dropped_blocks": dropped_blocks, "dropped_records": dropped_records}
+
+    def _expire_idempotency_keys(self, max_keys: int = 10_000) -> None:
+        cutoff = layout.u64(max(0, time.time_ns() - int(self.config.idempotency_ttl_s * 1e9)))
+
+        def fill(txn: lmdb.Transaction) -> None:
+            cursor = txn.cursor(db=self._dbs[layout.DB_IDEM_AGE])
+            removed = 0
+            if not cursor.first():
+                return
+            while removed < max_keys and cursor.key()[:8] < cutoff:
+                txn.delete(cursor.key()[8:], db=self._dbs[layout.DB_IDEM])
+                if not cursor.delete():
+                    break
+                removed += 1
+
+        self._write(fill)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def _snapshot(self, node: q.Node, extra_bounds: tuple[int | None, int | None] = (None, None)) -> Snapshot:
+        lo, hi = q.time_bounds(node)
+        extra_lo, extra_hi = extra_bounds
+        if extra_lo is not None:
+            lo = extra_lo if lo is None else max(lo, extra_lo)
+        if extra_hi is not None:
+            hi = extra_hi if hi is None else min(hi, extra_hi)
+        with self._state_lock:
+            if lo is not None and hi is not None and lo >= hi:
+                items: list[tuple[int, int, int]] = []
+            else:
+                items = self._tree.overlapping(lo, hi)
+            headers = [self._headers[block_id] for _, _, block_id in items]
+            tail = [r for _, chunk in self._tail for r in chunk]
+        return Snapshot(headers, self._blooms, tail)
+
+    def query(self, node: q.Node, *, sort: str = "desc", offset: int = 0, limit: int = 100,
+              after: tuple[int, int] | list[int] | None = None, want_total: bool = True) -> dict[str, Any]:
+        """Matching records sorted by (ts_ns, id); ``after`` is a search-after cursor (ts_ns, id)."""
+        if sort not in ("asc", "desc"):
+            raise ValueError(f"sort must be 'asc' or 'desc', got {sort!r}")
+        desc = sort == "desc"
+        bounds: tuple[int | None, int | None] = (None, None)
+        if after is not None:
+            after = (int(after[0]), int(after[1]))
+            bounds = (None, after[0] + 1) if desc else (after[0], None)
+        snap = self._snapshot(node, bounds)
+        return run_query(self._env.read, self._dbs, self._cache, snap, node, desc=desc, offset=offset,
+                         limit=limit, after=after, want_total=want_total)
+
+    def count(self, node: q.Node) -> int:
+        return run_count(self._env.read, self._dbs, self._cache, self._snapshot(node), node)
+
+    def aggregate(self, node: q.Node, spec: AggSpec) -> dict[str, Any]:
+        """A partial aggregation state in wire form (merge with ``storage.aggregate``)."""
+        agg = run_aggregate(self._env.read, self._dbs, self._cache, self._snapshot(node), node, spec)
+        return aggregate_to_wire(agg.partial)
+
+    def stats(self) -> dict[str, Any]:
+        with self._state_lock:
+            headers = list(self._headers.values())
+            tail = [r for _, chunk in self._tail for r in chunk]
+        levels: dict[str, int] = {}
+        sources: dict[str, int] = {}
+        tags: dict[str, int] = {}
+        for header in headers:
+            for target, counts in ((levels, header.levels), (sources, header.sources), (tags, header.tags)):
+                for key, n in counts.items():
+                    target[key] = target.get(key, 0) + n
+        for record in tail:
+            levels[record["level"]] = levels.get(record["level"], 0) + 1
+            sources[record["source"]] = sources.get(record["source"], 0) + 1
+            for tag in record["tags"]:
+                tags[tag] = tags.get(tag, 0) + 1
+        sealed = sum(h.count for h in headers)
+        return {
+            "records": sealed + len(tail),
+            "sealed_records": sealed,
+            "unsealed_records": len(tail),
+            "blocks": len(headers),
+            "min_ts": min((h.min_ts for h in headers), default=None),
+            "max_ts": max((h.max_ts for h in headers), default=None),
+            "bytes_on_disk": self._env.bytes_on_disk(),
+            "map_size_bytes": self._env.map_size_bytes,
+            "pending_records": self._pending_records,
+            "by_level": levels,
+            "by_source": sources,
+            "by_tag": tags,
+        }
+
+    # --- close ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish queued writes, seal full blocks, stop both threads, close LMDB, release the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        stop_writer = _Task("stop")
+        self._queue.put(stop_writer)
+        try:
+            stop_writer.future.result()
+            self._writer.join()
+            stop_sealer = _Task("stop")
+            self._maintenance.put(stop_sealer)
+            self._seal_wakeup.set()
+            stop_sealer.future.result()
+            self._sealer.join()
+        finally:
+            self._env.close()
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
