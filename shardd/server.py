@@ -1,0 +1,218 @@
+"""The shard process: one store, served over a unix socket with framed msgpack (shardd.protocol).
+
+    python -m shardd --shard-id I --data-dir DIR --socket PATH [--parent-pid PID]
+
+Operations (args -> result):
+    ping        {}                                         -> {"shard_id", "pid", "records"}
+    ingest      {"records": [...], "idempotency_key": s?}  -> {"accepted": n, "duplicate": bool}
+    query       {"filter": wire, "sort", "offset", "limit", "after": [ts, id]?, "want_total"}
+                                                           -> {"rows": [...], "total": n | None}
+    count       {"filter": wire}                           -> {"count": n}
+    aggregate   {"filter": wire, "spec": AggSpec wire}     -> partial state (storage.aggregate)
+    stats       {}                                         -> store stats
+    retention   {"cutoff_ns": int}                         -> {"dropped_blocks", "dropped_records"}
+    flush       {}                                         -> {}      (seal the tail into blocks)
+    shutdown    {}                                         -> {}      (then the process exits 0)
+
+Exit codes: 0 after shutdown / SIGTERM / parent gone; ``EXIT_BOOT_FAILURE`` (78) when the store cannot
+be opened (bad dir, foreign format, lock held): the coordinator stops restarting on it.
+Reads run on a small thread pool so a long query does not stall ingest acknowledgements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from shardd import protocol
+from storage import query as q
+from storage.aggregate import AggSpec
+from storage.errors import BadRequest, ShardlogError
+from storage.store import Store, StoreConfig, check_records
+
+log = logging.getLogger("shardlog.shardd")
+
+EXIT_OK = 0
+#: EX_CONFIG from sysexits.h: the store cannot be opened; restarting will not help
+EXIT_BOOT_FAILURE = 78
+PARENT_POLL_S = 1.0
+
+
+def _int_arg(args: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = args.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BadRequest(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+class ShardServer:
+    def __init__(self, shard_id: int, store: Store, socket_path: str, parent_pid: int | None) -> None:
+        self.shard_id = shard_id
+        self.store = store
+        self.socket_path = socket_path
+        self.parent_pid = parent_pid
+        self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"shard{shard_id}-read")
+        self.stopping = asyncio.Event()
+        self._connections: set[asyncio.Task] = set()
+
+    async def handle(self, op: str, args: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        if op == "ping":
+            return {"shard_id": self.shard_id, "pid": os.getpid()}
+        if op == "ingest":
+            records = check_records(args.get("records"))
+            key = args.get("idempotency_key")
+            if key is not None and not isinstance(key, str):
+                raise BadRequest(f"idempotency_key must be a string, got {type(key).__name__}")
+            return await asyncio.wrap_future(self.store.submit(records, key))
+        if op == "query":
+            node = q.from_wire(args.get("filter", ["all"]))
+            sort = args.get("sort", "desc")
+            if sort not in ("asc", "desc"):
+                raise BadRequest(f"sort must be 'asc' or 'desc', got {sort!r}")
+            offset = _int_arg(args, "offset", 0, 0, 1 << 31)
+            limit = _int_arg(args, "limit", 100, 0, 1 << 31)
+            after = args.get("after")
+            if after is not None and (not isinstance(after, list) or len(after) != 2
+                                      or not all(isinstance(v, int) for v in after)):
+                raise BadRequest(f"after must be [ts_ns, id], got {after!r:.100}")
+            want_total = bool(args.get("want_total", True))
+            return await loop.run_in_executor(self.readers, lambda: self.store.query(
+                node, sort=sort, offset=offset, limit=limit, after=after, want_total=want_total))
+        if op == "count":
+            node = q.from_wire(args.get("filter", ["all"]))
+            return {"count": await loop.run_in_executor(self.readers, self.store.count, node)}
+        if op == "aggregate":
+            node = q.from_wire(args.get("filter", ["all"]))
+            spec = AggSpec.from_wire(args.get("spec"))
+            return await loop.run_in_executor(self.readers, self.store.aggregate, node, spec)
+        if op == "stats":
+            stats = await loop.run_in_executor(self.readers, self.store.stats)
+            stats["shard_id"] = self.shard_id
+            return stats
+        if op == "retention":
+            cutoff = _int_arg(args, "cutoff_ns", 0, -(1 << 63), (1 << 63) - 1)
+            return await loop.run_in_executor(None, self.store.drop_before, cutoff)
+        if op == "flush":
+            await loop.run_in_executor(None, self.store.flush)
+            return {}
+        if op == "shutdown":
+            loop.call_soon(self.stopping.set)
+            return {}
+        raise BadRequest(f"unknown operation {op!r}; expected one of ping, ingest, query, count, aggregate, "
+                         "stats, retention, flush, shutdown")
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            await protocol.serve_connection(reader, writer, self.handle)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _watch_parent(self) -> None:
+        while not self.stopping.is_set():
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                log.warning("shard %d: coordinator (pid %d) is gone; exiting", self.shard_id, self.parent_pid)
+                self.stopping.set()
+                return
+            try:
+                await asyncio.wait_for(self.stopping.wait(), PARENT_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._on_connection, path=self.socket_path,
+                                                     limit=protocol.MAX_FRAME_BYTES)
+        finally:
+            os.umask(old_umask)
+        watcher = asyncio.create_task(self._watch_parent())
+        log.info("shard %d serving %s on %s (pid %d)", self.shard_id, self.store.path, self.socket_path, os.getpid())
+        await self.stopping.wait()
+        # Shutdown: stop accepting, let in-flight requests finish (their acks are durable once the
+        # writer commits), then close the store so the WAL/blocks are consistent on disk.
+        server.close()
+        await asyncio.sleep(0)
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        watcher.cancel()
+        await loop.run_in_executor(None, self.store.close)
+        self.readers.shutdown(wait=True)
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: get SIGTERM when the parent dies (the ppid poll covers other systems)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shardd", description="shardlog shard process")
+    parser.add_argument("--shard-id", type=int, required=True)
+    parser.add_argument("--data-dir", required=True, help="this shard's store directory")
+    parser.add_argument("--socket", required=True, help="unix socket path to serve on")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    parser.add_argument("--block-records", type=int, default=StoreConfig.block_records)
+    parser.add_argument("--seal-after-s", type=float, default=StoreConfig.seal_after_s)
+    parser.add_argument("--max-store-bytes", type=int, default=StoreConfig.max_store_bytes)
+    parser.add_argument("--log-level", default=os.environ.get("SHARDLOG_LOG_LEVEL", "INFO"))
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s shard{ns.shard_id} %(levelname)s %(name)s: %(message)s")
+    if ns.parent_pid is not None:
+        _set_parent_death_signal()
+        if os.getppid() != ns.parent_pid:
+            return EXIT_OK  # the parent died before we got here
+    try:
+        config = StoreConfig(block_records=ns.block_records, seal_after_s=ns.seal_after_s,
+                             max_store_bytes=ns.max_store_bytes)
+        store = Store(Path(ns.data_dir), config)
+    except (ShardlogError, OSError, ValueError) as exc:
+        log.error("shard %d cannot open its store %s: %s", ns.shard_id, ns.data_dir, exc)
+        print(f"shardd: cannot open store {ns.data_dir}: {exc}", file=sys.stderr)
+        return EXIT_BOOT_FAILURE
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay runnable without it
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        server = ShardServer(ns.shard_id, store, ns.socket, ns.parent_pid)
+        try:
+            runner.run(server.run())
+        except OSError as exc:
+            log.error("shard %d cannot serve on %s: %s", ns.shard_id, ns.socket, exc)
+            store.close()
+            return EXIT_BOOT_FAILURE
+    return EXIT_OK
