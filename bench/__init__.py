@@ -1,0 +1,1 @@
+"""Benchmarks comparing shardlog with a baseline (SQLite) on the same generated data in the same run."""
