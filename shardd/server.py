@@ -61,7 +61,8 @@ class ShardServer:
         self.parent_pid = parent_pid
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"shard{shard_id}-read")
         self.stopping = asyncio.Event()
-        self._connections: set[asyncio.Task] = set()
+        #: live connections: their reader (to end them at shutdown) and the task serving them
+        self._connections: dict[asyncio.Task, asyncio.StreamReader] = {}
 
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -113,12 +114,12 @@ class ShardServer:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._connections.add(task)
+            self._connections[task] = reader
         try:
             await protocol.serve_connection(reader, writer, self.handle)
         finally:
             if task is not None:
-                self._connections.discard(task)
+                self._connections.pop(task, None)
 
     async def _watch_parent(self) -> None:
         while not self.stopping.is_set():
@@ -151,10 +152,13 @@ class ShardServer:
         # Shutdown: stop accepting, let in-flight requests finish (their acks are durable once the
         # writer commits), then close the store so the WAL/blocks are consistent on disk.
         server.close()
-        await asyncio.sleep(0)
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        # ending each reader makes serve_connection stop reading, answer what is running, and return
+        for reader in self._connections.values():
+            reader.feed_eof()
+        if self._connections:
+            _, pending = await asyncio.wait(list(self._connections), timeout=10.0)
+            for task in pending:
+                task.cancel()
         watcher.cancel()
         await loop.run_in_executor(None, self.store.close)
         self.readers.shutdown(wait=True)

@@ -1,0 +1,153 @@
+"""The HTTP listener (aiohttp): DESIGN §8 endpoints over ``coordinator.service.Service``.
+
+Status codes follow what shippers' retry logic expects: a permanently bad record is reported per
+line inside a 200 (or the request gets a 4xx), overload is 429 with Retry-After, an unavailable shard
+is 503 with Retry-After; never a 5xx for a client's bad input.  When a token is configured every
+endpoint but /health requires ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import zlib
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from coordinator.service import Service
+from storage.errors import BadRequest, ShardlogError
+
+log = logging.getLogger("shardlog.http")
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(exc: ShardlogError) -> web.Response:
+    headers = {}
+    retry = exc.details.get("retry_after_s") if isinstance(exc.details, dict) else None
+    if exc.retryable:
+        headers["Retry-After"] = str(int(retry or 1))
+    return _json({"error": exc.to_dict()["code"], "message": exc.message}, exc.http_status, headers)
+
+
+class HttpApi:
+    def __init__(self, service: Service, *, token: str | None, max_body_bytes: int) -> None:
+        self.service = service
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._middleware])
+        app.router.add_post("/insert/jsonline", self.insert_jsonline)
+        for path, handler in (("/api/v1/query", self.query), ("/api/v1/count", self.count),
+                              ("/api/v1/aggregate", self.aggregate)):
+            app.router.add_get(path, handler)
+            app.router.add_post(path, handler)
+        app.router.add_get("/api/v1/tail", self.tail)
+        app.router.add_get("/api/v1/stats", self.stats)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.token and request.path != "/health":
+            supplied = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(supplied.encode(), f"Bearer {self.token}".encode()):
+                return _json({"error": "unauthorized", "message": "missing or wrong bearer token; send "
+                              "'Authorization: Bearer <token>'"}, 401)
+        try:
+            return await handler(request)
+        except ShardlogError as exc:
+            return error_response(exc)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # the daemon never crashes on a client's input
+            log.exception("HTTP %s %s failed", request.method, request.path)
+            return _json({"error": "internal", "message": f"internal error: {exc}"}, 500)
+
+    async def _body(self, request: web.Request) -> bytes:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise BadRequest(f"request body exceeds {self.max_body_bytes} bytes (max_body_bytes); send smaller "
+                             "batches") from None
+        encoding = request.headers.get("Content-Encoding", "").lower()
+        if encoding in ("gzip", "x-gzip"):
+            try:
+                body = _bounded_gunzip(body, self.max_body_bytes)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise BadRequest(f"body is not valid gzip: {exc}") from None
+        elif encoding not in ("", "identity"):
+            raise BadRequest(f"Content-Encoding {encoding!r} is not supported; use gzip or none")
+        return body
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.method == "POST" and request.can_read_body:
+            ctype = request.content_type
+            if ctype == "application/json":
+                try:
+                    body = orjson.loads(await self._body(request) or b"{}")
+                except orjson.JSONDecodeError as exc:
+                    raise BadRequest(f"JSON body is not valid: {exc}") from None
+                if not isinstance(body, dict):
+                    raise BadRequest("JSON body must be an object of parameters")
+                params.update(body)
+            else:
+                params.update(dict(await request.post()))
+        return params
+
+    async def insert_jsonline(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        lines = body.split(b"\n")
+        key = request.headers.get("Idempotency-Key")
+        result = await self.service.ingest_lines(lines, "jsonl", idempotency_key=key)
+        return _json(result)
+
+    async def query(self, request: web.Request) -> web.Response:
+        return _json(await self.service.query(await self._params(request)))
+
+    async def count(self, request: web.Request) -> web.Response:
+        return _json(await self.service.count(await self._params(request)))
+
+    async def aggregate(self, request: web.Request) -> web.Response:
+        return _json(await self.service.aggregate(await self._params(request)))
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json(await self.service.stats())
+
+    async def tail(self, request: web.Request) -> web.StreamResponse:
+        params = dict(request.query)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        async for log_json in self.service.subscribe(params):
+            await response.write(orjson.dumps(log_json) + b"\n")
+        return response
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return web.Response(body=await self.service.metrics_text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        up = [slot.up for slot in self.service.supervisor.slots]
+        return _json({"ready": all(up), "shards_up": sum(up), "shards": len(up)}, 200 if all(up) else 503)
+
+
+def _bounded_gunzip(body: bytes, limit: int) -> bytes:
+    """Decompress gzip without letting a small bomb expand past ``limit`` bytes."""
+    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = decomp.decompress(body, limit + 1)
+    if len(out) > limit or decomp.unconsumed_tail:
+        raise BadRequest(f"gzip body expands past {limit} bytes (max_body_bytes); send smaller batches")
+    return out + decomp.flush()
+

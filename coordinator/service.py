@@ -1,0 +1,441 @@
+"""The coordinator's operations, independent of transport (unix-socket RPC, HTTP, TCP lines).
+
+Ingest: parse -> normalize + validate (storage.record) -> stamp ids -> route by stable hash
+(coordinator.router) -> one frame per shard, concurrently -> acknowledge after every shard committed.
+Each per-shard frame carries an idempotency key — the client's key plus the shard number, or a
+coordinator-made one — so when a shard dies mid-request the coordinator waits for its restart and
+resends the same frame, and the shard stores it at most once.  In-flight records are bounded; past the
+bound a request waits briefly, then gets a retryable ``Overloaded``.
+
+Reads: parse the request once (coordinator.request), scatter to every shard under one deadline,
+merge: rows by (timestamp, id) with heapq.merge, counts by sum, aggregations through
+storage.aggregate's merge/finalize.  A shard that misses the deadline makes the answer
+``partial: true`` (and names the shards), never a silently smaller one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from coordinator.config import Config
+from coordinator.metrics import Metrics
+from coordinator.request import encode_cursor, parse_aggregate, parse_filter, parse_search
+from coordinator.router import route
+from coordinator.supervisor import Supervisor
+from storage import aggregate as agg
+from storage import query as q
+from storage.errors import (BadQuery, BadRecord, BadRequest, Overloaded, ShardlogError, ShardUnavailable)
+from storage.record import normalize_record, to_public
+from storage.timefmt import format_timestamp
+
+log = logging.getLogger("shardlog.service")
+
+VERSION = "0.1.0"
+#: recently ingested records kept for `tail -f`
+TAIL_RING = 20_000
+MAX_TAIL_WAIT_S = 30.0
+#: how long an overloaded ingest waits for room before answering Overloaded
+ADMIT_WAIT_S = 2.0
+
+
+class Service:
+    def __init__(self, config: Config, supervisor: Supervisor, metrics: Metrics, *, data_dir: str,
+                 http_address: str | None = None) -> None:
+        self.config = config
+        self.supervisor = supervisor
+        self.metrics = metrics
+        self.n_shards = len(supervisor.slots)
+        self.data_dir = data_dir
+        self.http_address = http_address
+        self._last_id = 0
+        self._inflight = 0
+        self._room = asyncio.Condition()
+        self._boot = uuid.uuid4().hex[:8]
+        self._ring: deque[tuple[int, dict[str, Any]]] = deque(maxlen=TAIL_RING)
+        self._ring_seq = 0
+        self._ring_cond = asyncio.Condition()
+        self._shard_inflight = [0] * self.n_shards
+        self._rpc: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "ping": self.ping, "ingest": self._rpc_ingest, "ingest_lines": self._rpc_ingest_lines,
+            "query": self.query, "count": self.count, "aggregate": self.aggregate, "tail": self.tail,
+            "stats": self.stats, "metrics": self._rpc_metrics, "flush": self.flush,
+        }
+
+    # --- ids ---------------------------------------------------------------------------------
+
+    def _ids(self, n: int) -> range:
+        """Unique, increasing ids: nanoseconds of the wall clock, bumped past the last one issued, so they
+        stay unique across restarts as long as the clock does not jump back by more than the downtime."""
+        first = max(self._last_id + 1, time.time_ns())
+        self._last_id = first + n - 1
+        return range(first, first + n)
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    async def _admit(self, n: int) -> None:
+        limit = self.config.max_inflight_records
+        async with self._room:
+            if self._inflight and self._inflight + n > limit:
+                try:
+                    await asyncio.wait_for(self._room.wait_for(lambda: not self._inflight or self._inflight + n <= limit),
+                                           ADMIT_WAIT_S)
+                except asyncio.TimeoutError:
+                    raise Overloaded(f"{self._inflight} records are waiting to be stored; the limit is {limit} "
+                                     "(max_inflight_records); retry after 1 s", retry_after_s=1) from None
+            self._inflight += n
+            self.metrics.inflight_records.set(self._inflight)
+
+    async def _release(self, n: int) -> None:
+        async with self._room:
+            self._inflight -= n
+            self.metrics.inflight_records.set(self._inflight)
+            self._room.notify_all()
+
+    def normalize(self, raws: list[Any], first_line: int, line_numbers: list[int] | None = None,
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        now_ns = time.time_ns()
+        records: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        limits = self.config.limits
+        for index, raw in enumerate(raws):
+            try:
+                records.append(normalize_record(raw, now_ns=now_ns, limits=limits))
+            except BadRecord as exc:
+                line = line_numbers[index] if line_numbers is not None else first_line + index
+                rejected.append({"line": line, "reason": exc.message})
+                self.metrics.rejected.labels(self.metrics.reason_label(exc.message)).inc()
+        return records, rejected
+
+    async def ingest(self, raws: list[Any], *, idempotency_key: str | None = None, first_line: int = 1,
+                     line_numbers: list[int] | None = None, pre_rejected: list[dict[str, Any]] | None = None,
+                     ) -> dict[str, Any]:
+        if not isinstance(raws, list):
+            raise BadRequest(f"records must be a list of objects, got {type(raws).__name__}")
+        if len(raws) > self.config.max_batch_records:
+            raise BadRequest(f"batch has {len(raws)} records; the limit is {self.config.max_batch_records} "
+                             "(max_batch_records); send smaller batches")
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or len(idempotency_key) > 1024):
+            raise BadRequest("idempotency key must be a string of at most 1024 characters")
+        started = time.perf_counter()
+        await self._admit(len(raws))
+        try:
+            records, rejected = self.normalize(raws, first_line, line_numbers)
+            if pre_rejected:
+                rejected = sorted(pre_rejected + rejected, key=lambda r: r["line"])
+            for record, record_id in zip(records, self._ids(len(records))):
+                record["id"] = record_id
+            key = idempotency_key if idempotency_key is not None else "auto:" + uuid.uuid4().hex
+            batches = route(records, self.n_shards, idempotency_key)
+            results = await asyncio.gather(*(self._ingest_shard(i, batch, f"{key}#{i}")
+                                             for i, batch in enumerate(batches) if batch), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    self.metrics.requests.labels("ingest", "error").inc()
+                    raise result
+        finally:
+            await self._release(len(raws))
+        self.metrics.ingested.inc(len(records))
+        self.metrics.requests.labels("ingest", "ok").inc()
+        self.metrics.ingest_latency.observe(time.perf_counter() - started)
+        await self._publish(records)
+        return {"accepted": len(records), "rejected": rejected}
+
+    async def _ingest_shard(self, shard_id: int, records: list[dict[str, Any]], key: str) -> None:
+        """Send one shard its part; if the shard dies meanwhile, wait for its restart and resend the same
+        keyed frame (the shard stores it at most once) until the ingest deadline."""
+        deadline = time.monotonic() + self.config.ingest_timeout_s
+        args = {"records": records, "idempotency_key": key}
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                client = await self.supervisor.client(shard_id, wait_s=max(0.1, min(remaining, 10.0)))
+                self._shard_inflight[shard_id] += 1
+                self.metrics.shard_queue.labels(str(shard_id)).set(self._shard_inflight[shard_id])
+                try:
+                    await client.call("ingest", args, timeout_s=max(0.1, remaining))
+                finally:
+                    self._shard_inflight[shard_id] -= 1
+                    self.metrics.shard_queue.labels(str(shard_id)).set(self._shard_inflight[shard_id])
+                return
+            except ShardUnavailable:
+                if time.monotonic() >= deadline or self.supervisor.slots[shard_id].boot_failed:
+                    raise ShardUnavailable(f"shard {shard_id} did not store the batch within "
+                                           f"{self.config.ingest_timeout_s:.0f} s (ingest_timeout); nothing was "
+                                           "acknowledged; retry with the same Idempotency-Key", retry_after_s=1)
+                await asyncio.sleep(0.05)
+
+    def parse_lines(self, lines: list[Any], fmt: str, first_line: int,
+                    ) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
+        """JSON lines / plain text lines -> raw records, their line numbers, and lines rejected as unparsable."""
+        if fmt not in ("jsonl", "text", "auto"):
+            raise BadRequest(f"format {fmt!r} must be jsonl, text or auto")
+        raws: list[Any] = []
+        numbers: list[int] = []
+        rejected: list[dict[str, Any]] = []
+        for index, line in enumerate(lines):
+            number = first_line + index
+            if isinstance(line, bytes):
+                line = line.decode("utf-8", "replace")
+            if not isinstance(line, str):
+                rejected.append({"line": number, "reason": f"line must be text, got {type(line).__name__}"})
+                continue
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if fmt == "jsonl" or (fmt == "auto" and stripped.startswith("{")):
+                try:
+                    raws.append(orjson.loads(stripped))
+                except orjson.JSONDecodeError as exc:
+                    rejected.append({"line": number, "reason": f"not valid JSON: {exc}; send one JSON object per line"})
+                    self.metrics.rejected.labels("json").inc()
+                    continue
+            else:
+                raws.append({"message": line.rstrip("\r\n")})
+            numbers.append(number)
+        return raws, numbers, rejected
+
+    async def ingest_lines(self, lines: list[Any], fmt: str = "jsonl", *, first_line: int = 1,
+                           idempotency_key: str | None = None) -> dict[str, Any]:
+        if not isinstance(lines, list):
+            raise BadRequest(f"lines must be a list of strings, got {type(lines).__name__}")
+        raws, numbers, rejected = self.parse_lines(lines, fmt, first_line)
+        return await self.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected)
+
+    async def _rpc_ingest(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.ingest(args.get("records"), idempotency_key=args.get("idempotency_key"),
+                                 first_line=_first_line(args))
+
+    async def _rpc_ingest_lines(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.ingest_lines(args.get("lines"), str(args.get("format", "jsonl")), first_line=_first_line(args),
+                                       idempotency_key=args.get("idempotency_key"))
+
+    async def _publish(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        async with self._ring_cond:
+            for record in records:
+                self._ring_seq += 1
+                self._ring.append((self._ring_seq, record))
+            self._ring_cond.notify_all()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def _scatter(self, op: str, args: dict[str, Any]) -> tuple[list[Any], list[int]]:
+        """Call every shard under one deadline.  Returns per-shard results (None where it failed) and the
+        failed shard ids.  A user error (bad query) from any shard is raised as is."""
+        timeout_s = self.config.query_timeout_s
+
+        async def one(shard_id: int) -> Any:
+            client = await self.supervisor.client(shard_id, wait_s=min(5.0, timeout_s))
+            return await client.call(op, args, timeout_s=timeout_s)
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(self.n_shards)]
+        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        results: list[Any] = []
+        failed: list[int] = []
+        for shard_id, task in enumerate(tasks):
+            if task in pending or task.cancelled():
+                results.append(None)
+                failed.append(shard_id)
+                continue
+            exc = task.exception()
+            if exc is None:
+                results.append(task.result())
+            elif isinstance(exc, (BadQuery, BadRequest)):
+                raise exc
+            else:
+                log.warning("shard %d failed %s: %s", shard_id, op, exc)
+                results.append(None)
+                failed.append(shard_id)
+        if len(failed) == self.n_shards:
+            raise ShardUnavailable(f"no shard answered {op} within {timeout_s:.0f} s (query_timeout); retry shortly",
+                                   retry_after_s=1)
+        return results, failed
+
+    async def query(self, params: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        request = parse_search(params, time.time_ns())
+        window = request.offset + request.limit
+        args = {"filter": q.to_wire(request.node), "sort": "desc" if request.desc else "asc", "offset": 0,
+                "limit": window, "after": list(request.after) if request.after else None,
+                "want_total": request.after is None}
+        if request.after is not None:
+            (results, failed), (count_results, count_failed) = await asyncio.gather(
+                self._scatter("query", args), self._scatter("count", {"filter": args["filter"]}))
+            total = sum(r["count"] for r in count_results if r is not None)
+            failed = sorted(set(failed) | set(count_failed))
+        else:
+            results, failed = await self._scatter("query", args)
+            total = sum(r["total"] for r in results if r is not None)
+        streams = [r["rows"] for r in results if r is not None]
+        merged = heapq.merge(*streams, key=lambda r: (r["ts_ns"], r["id"]), reverse=request.desc)
+        page = list(itertools.islice(merged, request.offset, window))
+        # more rows exist beyond this page when the shards returned more than one window in all, or one
+        # shard filled its window (it may hold more); at worst the last page is empty
+        more = len(page) == request.limit > 0 and (
+            sum(len(s) for s in streams) > window or any(len(s) == window for s in streams))
+        next_cursor = encode_cursor(page[-1]["ts_ns"], page[-1]["id"]) if more else None
+        self.metrics.query_latency.labels("query").observe(time.perf_counter() - started)
+        return {"total": total, "logs": [to_public(r) for r in page], "next_cursor": next_cursor,
+                "partial": bool(failed), **({"failed_shards": failed} if failed else {})}
+
+    async def count(self, params: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        node, _ = parse_filter(params, time.time_ns())
+        results, failed = await self._scatter("count", {"filter": q.to_wire(node)})
+        self.metrics.query_latency.labels("count").observe(time.perf_counter() - started)
+        return {"count": sum(r["count"] for r in results if r is not None), "partial": bool(failed),
+                **({"failed_shards": failed} if failed else {})}
+
+    async def aggregate(self, params: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        request = parse_aggregate(params, time.time_ns())
+        results, failed = await self._scatter("aggregate", {"filter": q.to_wire(request.node),
+                                                            "spec": request.spec.to_wire()})
+        merged = agg.new_partial(request.spec)
+        if "time_histogram" in merged:
+            merged["time_histogram"] = {}
+        for result in results:
+            if result is not None:
+                agg.merge(merged, agg.from_wire(result))
+        final = agg.finalize(merged, request.spec)
+        if "time_histogram" in final:
+            final["time_histogram"] = [[format_timestamp(b), c] for b, c in final["time_histogram"]]
+        final["partial"] = bool(failed)
+        if failed:
+            final["failed_shards"] = failed
+        self.metrics.query_latency.labels("aggregate").observe(time.perf_counter() - started)
+        return final
+
+    async def tail(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Newest matching logs; with a cursor, the logs ingested after it (long-poll up to wait_s)."""
+        cursor = params.get("cursor")
+        node, _ = parse_filter({k: v for k, v in params.items() if k not in ("cursor", "wait_s", "limit")},
+                               time.time_ns())
+        limit = int(params.get("limit") or 10)
+        if not cursor:
+            seq = self._ring_seq
+            result = await self.query({**{k: v for k, v in params.items() if k not in ("cursor", "wait_s")},
+                                       "limit": limit, "sort": "desc"})
+            return {"logs": list(reversed(result["logs"])), "cursor": f"{self._boot}:{seq}"}
+        boot, _, seq_text = str(cursor).partition(":")
+        if boot != self._boot or not seq_text.isdigit():
+            return {"logs": [], "cursor": f"{self._boot}:{self._ring_seq}"}
+        after = int(seq_text)
+        wait_s = min(float(params.get("wait_s") or 0), MAX_TAIL_WAIT_S)
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = [r for s, r in list(self._ring) if s > after and q.matches(node, r)]
+            newest = self._ring_seq
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return {"logs": [to_public(r) for r in found[-max(limit, 1000):]], "cursor": f"{self._boot}:{newest}"}
+            after = newest
+            async with self._ring_cond:
+                try:
+                    await asyncio.wait_for(self._ring_cond.wait_for(lambda: self._ring_seq > newest), remaining)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def subscribe(self, params: dict[str, Any]):
+        """Async iterator of new matching logs (for the HTTP tail stream)."""
+        node, _ = parse_filter(params, time.time_ns())
+        after = self._ring_seq
+        while True:
+            async with self._ring_cond:
+                await self._ring_cond.wait_for(lambda: self._ring_seq > after)
+            for seq, record in list(self._ring):
+                if seq > after and q.matches(node, record):
+                    yield to_public(record)
+            after = self._ring_seq
+
+    async def stats(self, _args: dict[str, Any] | None = None) -> dict[str, Any]:
+        results, failed = await self._scatter("stats", {})
+        by_level: dict[str, int] = {}
+        by_source: dict[str, int] = {}
+        by_tag: dict[str, int] = {}
+        shards = []
+        for slot, result in zip(self.supervisor.slots, results):
+            entry = {"shard_id": slot.shard_id, "up": slot.up, "restarts": slot.restarts,
+                     "pid": slot.process.pid if slot.process else None}
+            if result is not None:
+                for target, key in ((by_level, "by_level"), (by_source, "by_source"), (by_tag, "by_tag")):
+                    for value, n in result.get(key, {}).items():
+                        target[value] = target.get(value, 0) + n
+                entry.update({k: result.get(k) for k in ("records", "blocks", "unsealed_records", "bytes_on_disk",
+                                                         "min_ts", "max_ts")})
+            shards.append(entry)
+        total = sum(s.get("records") or 0 for s in shards)
+        sealed = [s for s in shards if s.get("min_ts") is not None]
+        return {
+            "total_logs": total,
+            "by_level": dict(sorted(by_level.items(), key=lambda kv: -kv[1])),
+            "by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
+            "by_tag": dict(sorted(by_tag.items(), key=lambda kv: -kv[1])),
+            "bytes_on_disk": sum(s.get("bytes_on_disk") or 0 for s in shards),
+            "oldest": format_timestamp(min(s["min_ts"] for s in sealed)) if sealed else None,
+            "newest": format_timestamp(max(s["max_ts"] for s in sealed)) if sealed else None,
+            "shards": shards,
+            "partial": bool(failed),
+            "data_dir": self.data_dir,
+            "version": VERSION,
+        }
+
+    async def metrics_text(self) -> bytes:
+        try:
+            self.metrics.update_from_stats(await self.stats())
+        except ShardlogError as exc:  # still expose what we have (shard_up=0 tells the story)
+            log.warning("metrics: stats unavailable: %s", exc)
+        for slot in self.supervisor.slots:
+            self.metrics.shard_up.labels(str(slot.shard_id)).set(1 if slot.up else 0)
+            self.metrics.shard_restarts.labels(str(slot.shard_id)).set(slot.restarts)
+        return self.metrics.exposition()
+
+    async def _rpc_metrics(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"text": (await self.metrics_text()).decode()}
+
+    async def flush(self, _args: dict[str, Any] | None = None) -> dict[str, Any]:
+        _, failed = await self._scatter("flush", {})
+        if failed:
+            raise ShardUnavailable(f"shards {failed} did not flush; retry")
+        return {}
+
+    async def retention(self, cutoff_ns: int) -> dict[str, int]:
+        results, failed = await self._scatter("retention", {"cutoff_ns": cutoff_ns})
+        dropped = {"dropped_blocks": 0, "dropped_records": 0}
+        for result in results:
+            if result is not None:
+                for key in dropped:
+                    dropped[key] += result.get(key, 0)
+        return dropped
+
+    async def ping(self, _args: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"pid": os.getpid(), "shards": self.n_shards, "version": VERSION, "data_dir": self.data_dir,
+                "http": self.http_address, "ready": self.supervisor.all_up()}
+
+    # --- RPC ---------------------------------------------------------------------------------
+
+    async def handle_rpc(self, op: str, args: dict[str, Any]) -> Any:
+        method = self._rpc.get(op)
+        if method is None:
+            raise BadRequest(f"unknown operation {op!r}; expected one of {', '.join(sorted(self._rpc))}")
+        return await method(args)
+
+
+def _first_line(args: dict[str, Any]) -> int:
+    value = args.get("first_line", 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest(f"first_line must be a non-negative integer, got {value!r}")
+    return value
