@@ -19,7 +19,8 @@ aggregation); ``total`` counts every matching record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from bisect import bisect_left
+from typing import Any, Iterable, Mapping, Sequence
 
 from storage.errors import BadQuery, BadRequest
 from storage.layout import meta_value_text
@@ -184,8 +185,31 @@ class Aggregator:
             th = partial["time_histogram"]
             th[bucket] = th.get(bucket, 0) + 1
 
+    @property
+    def time_only(self) -> bool:
+        """Only a time histogram (and the total) is asked for: row ranges answer it."""
+        return self._group is None and self._hist is None and not self._tops
+
+    def add_time_buckets(self, bits: int, timestamps: Sequence[int]) -> None:
+        """Count the rows set in ``bits`` per time bucket.  ``timestamps`` are the block's, ascending,
+        so each bucket is a contiguous row range: one bisect and one popcount per bucket."""
+        interval = self.spec.interval_ns
+        if interval is None:
+            raise ValueError("add_time_buckets needs spec.interval_ns")
+        th = self.partial["time_histogram"]
+        self.partial["total"] += bits.bit_count()
+        n = len(timestamps)
+        lo = 0
+        while lo < n and bits >> lo:
+            bucket = timestamps[lo] // interval * interval
+            hi = bisect_left(timestamps, bucket + interval, lo)
+            count = (bits & (((1 << hi) - 1) ^ ((1 << lo) - 1))).bit_count()
+            if count:
+                th[bucket] = th.get(bucket, 0) + count
+            lo = hi
+
     def add_header_counts(self, count: int, header_counts: Mapping[str, Mapping[str, int]],
-                          timestamps: list[int] | None) -> None:
+                          timestamps: Sequence[int] | None) -> None:
         """A whole block matched: use its header counts (only valid when ``spec.header_only``)."""
         partial = self.partial
         partial["total"] += count
@@ -200,11 +224,9 @@ class Aggregator:
         if self.spec.interval_ns is not None:
             if timestamps is None:
                 raise ValueError("time histogram needs the block's timestamps")
-            interval = self.spec.interval_ns
-            th = partial["time_histogram"]
-            for ts in timestamps:
-                bucket = ts // interval * interval
-                th[bucket] = th.get(bucket, 0) + 1
+            total = partial["total"]
+            self.add_time_buckets((1 << count) - 1, timestamps)
+            partial["total"] = total  # already counted above
 
     def check_size(self) -> None:
         for part in ("group_by", "histogram"):

@@ -10,9 +10,11 @@ is time order and a time range inside a block is a contiguous row range — and 
 * the header (``storage.header.BlockHeader``).
 
 Column encodings (inside the zstd frame):
-    ts, id            int64 little-endian deltas from the previous row (first row absolute)
+    ts, id            int64 little-endian, absolute: decoding is one array copy, no prefix sum
     level, source     msgpack [distinct values, uint16 codes bytes]   (dictionary encoded)
-    tags, message, metadata, thread_id, request_id, user_id   msgpack list, one item per row
+    tags, metadata    msgpack list of bin, each bin the msgpack of one row's value: decoding the
+                      column is cheap and a row's list/map is built only when it is read
+    message, thread_id, request_id, user_id   msgpack list, one item per row
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import threading
 from array import array
 from collections import defaultdict
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any, Iterable, Mapping
 
 import msgpack
@@ -67,17 +68,43 @@ def _pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def _deltas(values: list[int]) -> bytes:
-    out = array("q", values)
-    for i in range(len(values) - 1, 0, -1):
-        out[i] = values[i] - values[i - 1]
-    return out.tobytes()
+def _int64s(values: list[int]) -> bytes:
+    return array("q", values).tobytes()
+
+
+def _packed_rows(values: list[Any]) -> bytes:
+    packb = msgpack.packb
+    return _pack([packb(v, use_bin_type=True) for v in values])
+
+
+class PackedColumn:
+    """A decoded tags/metadata column: one msgpack blob per row, unpacked when a row is read."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[bytes]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, row: int) -> Any:
+        return msgpack.unpackb(self._rows[row], raw=False, strict_map_key=True)
+
+    def __iter__(self) -> Any:
+        unpackb = msgpack.unpackb
+        return (unpackb(r, raw=False, strict_map_key=True) for r in self._rows)
 
 
 def _dictionary(values: list[str]) -> bytes:
     codes: dict[str, int] = {}
     encoded = array("H", [codes.setdefault(v, len(codes)) for v in values])
     return _pack([list(codes), encoded.tobytes()])
+
+
+_ASCII_TOKEN_TABLE = bytes(
+    c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256)
+)
 
 
 def _rows_by_value(values: list[Any], prefix: str, out: dict[str, list[int]]) -> None:
@@ -95,13 +122,26 @@ def _term_rows(levels: list[str], sources: list[str], tags: list[list[str]], mes
     """term -> ascending rows holding it.  Values are grouped per field first and prefixed once per
     distinct value (not once per row): this loop is the bulk of sealing cost."""
     out: dict[str, list[int]] = {}
-    tokens: defaultdict[str, list[int]] = defaultdict(list)
+    # ASCII messages (nearly all) tokenize as bytes: translate every byte that is not a letter or
+    # digit to a space (lower-casing on the way), then split — ~2x faster than the regex and the
+    # same tokens, because for ASCII text the regex's letters and digits are exactly [A-Za-z0-9].
+    ascii_tokens: defaultdict[bytes, list[int]] = defaultdict(list)
+    other_tokens: defaultdict[str, list[int]] = defaultdict(list)
     findall = _TOKEN_RE.findall
+    table = _ASCII_TOKEN_TABLE
     for i, message in enumerate(messages):
-        for token in set(findall(message.lower())):
-            tokens[token].append(i)
-    for token, rows in tokens.items():
-        out["w:" + token] = rows
+        if message.isascii():
+            for token in set(message.encode().translate(table).split()):
+                ascii_tokens[token].append(i)
+        else:
+            for token in set(findall(message.lower())):
+                other_tokens[token].append(i)
+    for token_bytes, rows in ascii_tokens.items():
+        out["w:" + token_bytes.decode()] = rows
+    for token, rows in other_tokens.items():
+        term = "w:" + token
+        found = out.get(term)
+        out[term] = rows if found is None else sorted(found + rows)
     _rows_by_value(levels, "l:", out)
     _rows_by_value(sources, "s:", out)
     _rows_by_value(threads, "h:", out)
@@ -147,13 +187,13 @@ def build_block(records: Iterable[Mapping[str, Any]], block_id: int) -> SealedBl
 
     comp = _compressor()
     columns = {
-        layout.COL_TS: comp.compress(_deltas(ts)),
-        layout.COL_ID: comp.compress(_deltas(ids)),
+        layout.COL_TS: comp.compress(_int64s(ts)),
+        layout.COL_ID: comp.compress(_int64s(ids)),
         layout.COL_LEVEL: comp.compress(_dictionary(levels)),
         layout.COL_SOURCE: comp.compress(_dictionary(sources)),
-        layout.COL_TAGS: comp.compress(_pack(tags)),
+        layout.COL_TAGS: comp.compress(_packed_rows(tags)),
         layout.COL_MESSAGE: comp.compress(_pack(messages)),
-        layout.COL_METADATA: comp.compress(_pack(metadata)),
+        layout.COL_METADATA: comp.compress(_packed_rows(metadata)),
         layout.COL_THREAD: comp.compress(_pack(threads)),
         layout.COL_REQUEST: comp.compress(_pack(requests)),
         layout.COL_USER: comp.compress(_pack(users)),
@@ -182,20 +222,24 @@ def build_block(records: Iterable[Mapping[str, Any]], block_id: int) -> SealedBl
     return SealedBlock(header, columns, postings, bloom)
 
 
-def decode_column(column: int, data: bytes) -> list[Any]:
-    """Decompress and decode one stored column into one Python value per row."""
+def decode_column(column: int, data: bytes) -> Any:
+    """Decompress and decode one stored column: a sequence with one value per row."""
     try:
         raw = _decompressor().decompress(data)
         if column in (layout.COL_TS, layout.COL_ID):
             values = array("q")
             values.frombytes(raw)
-            return list(accumulate(values))
+            return values
         if column in (layout.COL_LEVEL, layout.COL_SOURCE):
             distinct, codes_bytes = msgpack.unpackb(raw, raw=False)
             codes = array("H")
             codes.frombytes(codes_bytes)
             return [distinct[c] for c in codes]
         value = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        if column in (layout.COL_TAGS, layout.COL_METADATA):
+            if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
+                raise CorruptData(f"column {column} is not a list of packed rows")
+            return PackedColumn(value)
     except CorruptData:
         raise
     except Exception as exc:  # zstd, msgpack and shape errors all mean the same: bad bytes on disk

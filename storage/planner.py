@@ -44,6 +44,9 @@ class BlockView(Protocol):
     def column(self, column: int) -> list[Any]:
         """Decoded values of one column, one per row (cached by the view)."""
 
+    def lowered_messages(self) -> tuple[str, list[str]]:
+        """(all messages lower-cased and joined by newlines, the lower-cased messages)."""
+
 
 def field_term(name: str, value: str) -> str:
     if name.startswith("meta."):
@@ -194,16 +197,20 @@ def verify(node: q.Node, view: BlockView, bits: int) -> int:
     """Keep only the candidate rows that really match."""
     cols = needed_columns(node)
     decoded = {_COLUMN_FIELD[c]: view.column(c) for c in cols}
-    messages = decoded.get("message")
-    needles = required_substrings(node) if messages is not None else set()
+    needles = required_substrings(node) if "message" in decoded else set()
+    lowered: list[str] | None = None
+    if needles:
+        joined, lowered = view.lowered_messages()
+        if not all(needle in joined for needle in needles):
+            return 0
     defaults: dict[str, Any] = {"ts_ns": 0, "id": 0, "level": "", "source": "", "tags": [], "message": "",
                                 "metadata": {}, "thread_id": None, "request_id": None, "user_id": None}
     out = 0
     matches = q.matches
     for row in rows_of(bits):
-        if needles:
-            lowered = messages[row].lower()
-            if not all(needle in lowered for needle in needles):
+        if lowered is not None:
+            text = lowered[row]
+            if not all(needle in text for needle in needles):
                 continue
         record = dict(defaults)
         for name, values in decoded.items():

@@ -30,7 +30,7 @@ from storage.errors import BadQuery
 from storage.header import BlockHeader
 from storage.levels import severity
 from storage.planner import matching_rows
-from storage.postings import decode_postings, row_range
+from storage.postings import decode_postings, row_range, rows_of
 
 #: a page deeper than this must use the cursor (search_after) instead of an offset
 MAX_WINDOW = 100_000
@@ -40,34 +40,43 @@ class BlockGone(Exception):
     """A block of the snapshot was dropped by retention before we read it."""
 
 
-class ColumnCache:
-    """LRU of decoded columns keyed by (block_id, column); shared by the store's readers."""
+class LruCache:
+    """Thread-safe LRU bounded by an estimated size in bytes; shared by a store's readers.
 
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._items: OrderedDict[tuple[int, int], list[Any]] = OrderedDict()
+    Holds decoded columns keyed by (block_id, column) and decoded posting bitmaps keyed by
+    (block_id, term): repeated and overlapping queries then skip LMDB reads and decompression."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[int, Any], tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, int]) -> list[Any] | None:
+    def get(self, key: tuple[int, Any]) -> Any:
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
 
-    def put(self, key: tuple[int, int], value: list[Any]) -> None:
-        if self.max_entries <= 0:
+    def put(self, key: tuple[int, Any], value: Any, size_bytes: int) -> None:
+        if size_bytes > self.max_bytes // 4:
             return
         with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (value, size_bytes)
+            self._bytes += size_bytes
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
 
     def drop_block(self, block_id: int) -> None:
         with self._lock:
             for key in [k for k in self._items if k[0] == block_id]:
-                del self._items[key]
+                self._bytes -= self._items.pop(key)[1]
 
 
 @dataclass(slots=True)
@@ -83,7 +92,7 @@ class View:
     __slots__ = ("header", "_txn", "_dbs", "_cache", "_bloom", "_hashes")
 
     def __init__(self, header: BlockHeader, txn: lmdb.Transaction, dbs: dict[bytes, Any],
-                 cache: ColumnCache, bloom: bytes | None, hashes: dict[str, tuple[int, int]]) -> None:
+                 cache: LruCache, bloom: bytes | None, hashes: dict[str, tuple[int, int]]) -> None:
         self.header = header
         self._txn = txn
         self._dbs = dbs
@@ -92,9 +101,15 @@ class View:
         self._hashes = hashes
 
     def postings(self, term: str) -> int | None:
+        cache_key = (self.header.block_id, term)
+        bits = self._cache.get(cache_key)
+        if bits is not None:
+            return bits or None  # 0 caches "no posting list"
         key, _ = layout.posting_key(self.header.block_id, term)
         data = self._txn.get(key, db=self._dbs[layout.DB_POSTINGS])
-        return None if data is None else decode_postings(data)
+        bits = 0 if data is None else decode_postings(data)
+        self._cache.put(cache_key, bits, 64 + len(term) + (bits.bit_length() >> 3))
+        return bits or None
 
     def may_contain(self, term: str) -> bool:
         if self._bloom is None:
@@ -112,8 +127,20 @@ class View:
             if data is None:
                 raise BlockGone(self.header.block_id)
             values = decode_column(column, data)
-            self._cache.put(key, values)
+            # decoded size estimate: the compressed bytes expand ~4x, plus a Python object per row
+            self._cache.put(key, values, len(data) * 4 + self.header.count * 40)
         return values
+
+    def lowered_messages(self) -> tuple[str, list[str]]:
+        """The block's messages lower-cased, and all of them joined by newlines (cached): one C-level
+        substring search over the joined text rules a block in or out before any row is checked."""
+        key = (self.header.block_id, "lowered")
+        value = self._cache.get(key)
+        if value is None:
+            lowered = [m.lower() for m in self.column(layout.COL_MESSAGE)]
+            value = ("\n".join(lowered), lowered)
+            self._cache.put(key, value, 2 * sum(map(len, lowered)) + self.header.count * 60)
+        return value
 
     def record(self, row: int) -> dict[str, Any]:
         out = {}
@@ -200,7 +227,7 @@ def _after_ok(record: dict[str, Any], after: tuple[int, int] | None, desc: bool)
     return key < tuple(after) if desc else key > tuple(after)
 
 
-def run_query(env_read, dbs, cache: ColumnCache, snap: Snapshot, node: q.Node, *, desc: bool, offset: int,
+def run_query(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, desc: bool, offset: int,
               limit: int, after: tuple[int, int] | None, want_total: bool) -> dict[str, Any]:
     if offset < 0 or limit < 0:
         raise BadQuery(f"offset {offset} and limit {limit} must be >= 0")
@@ -275,7 +302,7 @@ def run_query(env_read, dbs, cache: ColumnCache, snap: Snapshot, node: q.Node, *
     return {"rows": rows_out, "total": total if want_total else None}
 
 
-def run_count(env_read, dbs, cache: ColumnCache, snap: Snapshot, node: q.Node) -> int:
+def run_count(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node) -> int:
     total = sum(1 for record in snap.tail if q.matches(node, record))
     hashes: dict[str, tuple[int, int]] = {}
     with env_read() as txn:
@@ -307,7 +334,7 @@ def _agg_columns(spec: AggSpec) -> dict[str, int]:
     return names
 
 
-def run_aggregate(env_read, dbs, cache: ColumnCache, snap: Snapshot, node: q.Node, spec: AggSpec) -> Aggregator:
+def run_aggregate(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, spec: AggSpec) -> Aggregator:
     agg = Aggregator(spec)
     for record in snap.tail:
         if q.matches(node, record):
@@ -329,17 +356,13 @@ def run_aggregate(env_read, dbs, cache: ColumnCache, snap: Snapshot, node: q.Nod
                 bits = matching_rows(node, view)
                 if not bits:
                     continue
+                if agg.time_only:
+                    agg.add_time_buckets(bits, view.column(layout.COL_TS))
+                    continue
                 decoded = {name: view.column(col) for name, col in columns.items()}
-                for row in _iter_rows(bits):
+                for row in rows_of(bits):
                     agg.add_record({name: values[row] for name, values in decoded.items()})
             except BlockGone:
                 continue
             agg.check_size()
     return agg
-
-
-def _iter_rows(bits: int) -> Iterable[int]:
-    if bits.bit_count() > 64:
-        text = bin(bits)[:1:-1]
-        return [i for i, c in enumerate(text) if c == "1"]
-    return _top_rows(bits, bits.bit_count(), desc=False)

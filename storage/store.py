@@ -43,7 +43,7 @@ from storage.block import MAX_BLOCK_ROWS, SealedBlock, build_block
 from storage.env import Env, make_private_dir, take_owner_lock
 from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, StoreFull
 from storage.header import BlockHeader
-from storage.search import ColumnCache, Snapshot, run_aggregate, run_count, run_query
+from storage.search import LruCache, Snapshot, run_aggregate, run_count, run_query
 
 log = logging.getLogger("shardlog.store")
 
@@ -61,8 +61,8 @@ class StoreConfig:
     idempotency_ttl_s: float = 24 * 3600
     #: records accepted but not yet committed; beyond it ingest answers Overloaded (retryable)
     max_pending_records: int = 500_000
-    #: decoded columns kept in memory for repeated queries
-    column_cache_entries: int = 256
+    #: decoded columns and posting bitmaps kept in memory for repeated queries (estimated bytes)
+    cache_bytes: int = 64 * 1024 * 1024
     reader_check_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -129,7 +129,7 @@ class Store:
             os.close(self._lock_fd)
             raise
         self._dbs = self._env.dbs
-        self._cache = ColumnCache(self.config.column_cache_entries)
+        self._cache = LruCache(self.config.cache_bytes)
         self._state_lock = threading.Lock()
         self._tree = IntervalTree()
         self._headers: dict[int, BlockHeader] = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
