@@ -6,7 +6,9 @@ is time order and a time range inside a block is a contiguous row range — and 
 * one zstd-compressed blob per column (``storage.layout.COL_*``), so a query decodes only the
   columns it needs;
 * a posting list per term that occurs in at least two rows (plus every level / source / tag term);
-* a bloom filter over the terms that occur in a single row (they have no posting list);
+* a bloom filter over all other terms of the block (message tokens, ids, metadata values): a query
+  skips a block whose filter lacks a term it needs without reading anything; terms that occur in a
+  single row have no posting list, so for them a bloom hit means "check the rows";
 * the header (``storage.header.BlockHeader``).
 
 Column encodings (inside the zstd frame):
@@ -201,15 +203,15 @@ def build_block(records: Iterable[Mapping[str, Any]], block_id: int) -> SealedBl
 
     term_rows = _term_rows(levels, sources, tags, messages, metadata, threads, requests, users)
     postings: dict[str, bytes] = {}
-    once: list[bytes] = []
     always = layout.ALWAYS_POSTED_KINDS
     term_bytes = layout.term_bytes
+    bloomed: list[bytes] = []
     for term, term_row_list in term_rows.items():
         if len(term_row_list) > 1 or term[:2] in always:
             postings[term] = encode_postings(term_row_list, n)
-        else:
-            once.append(term_bytes(term)[0])
-    bloom = build_bloom(once)
+        if term[:2] not in always:  # level/source/tag values are in the header already
+            bloomed.append(term_bytes(term)[0])
+    bloom = build_bloom(bloomed)
 
     level_counts: dict[str, int] = {}
     for value in levels:

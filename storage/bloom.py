@@ -1,9 +1,10 @@
 """Per-block bloom filters over a block's terms (DESIGN §4).
 
-Terms that occur in one row of a block only (~60 % of a block's distinct terms: ids, numbers,
-addresses) get no posting list; they go into the block's bloom filter instead.  A query looks for
-the term's posting list first and asks the bloom filter only when there is none: a bloom hit means
-"decode this block and check", a miss skips the block.
+Every message token, id and metadata term of a block goes into the block's bloom filter (level,
+source and tag values are counted in the block header instead).  Queries ask the filters first,
+in memory, so a block that lacks a needed term is skipped without a single LMDB read; terms that
+occur in one row only (~60 % of a block's distinct terms: ids, numbers, addresses) have no posting
+list, so for them a hit means "decode this block and check".
 
 Layout of a stored filter: ``u32 m_bits (BE) ‖ bitmap`` with bit ``p`` in byte ``p >> 3``, mask
 ``1 << (p & 7)``.  Positions come by double hashing (Kirsch & Mitzenmacher) from h1 = crc32(term)

@@ -13,7 +13,7 @@ decoded columns; nothing here opens a transaction.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Any, Protocol
 
 from storage import layout
@@ -58,13 +58,16 @@ def _term(term: str, view: BlockView, header_counts: dict[str, int] | None = Non
           value: str | None = None) -> tuple[int, bool]:
     exact_term = layout.term_bytes(term)[1]
     n = view.header.count
-    if header_counts is not None and value not in header_counts:
-        # level / source / tag: the header knows every value (and they always have postings)
+    if header_counts is not None:
+        # level / source / tag: the header knows every value, and each has a posting list
+        if value not in header_counts:
+            return 0, True
+    elif not view.may_contain(term):
         return 0, True
     bits = view.postings(term)
     if bits is not None:
         return bits, exact_term
-    if header_counts is None and view.may_contain(term):
+    if header_counts is None:
         # a term of one row only (or a bloom false positive): verify the rows
         return all_rows(n), False
     return 0, True
@@ -142,6 +145,25 @@ def _cost(node: q.Node) -> int:
     return 4
 
 
+def block_filter(node: q.Node) -> tuple[list[str], list[tuple[str, str]]]:
+    """What every matching block must hold, checkable without reading it: bloom terms, and
+    (field, value) pairs the header counts.  Only terms ANDed at the top are required."""
+    terms: list[str] = []
+    fields: list[tuple[str, str]] = []
+    nodes = node.children if isinstance(node, q.And) else (node,)
+    for child in nodes:
+        if isinstance(child, q.Token):
+            terms.append(layout.term_token(child.text))
+        elif isinstance(child, q.Phrase):
+            terms.extend(layout.term_token(t) for t in child.tokens)
+        elif isinstance(child, q.Field):
+            if child.name in ("level", "source", "tag"):
+                fields.append((child.name, child.value))
+            else:
+                terms.append(field_term(child.name, child.value))
+    return terms, fields
+
+
 # --- verification -------------------------------------------------------------------------------
 
 
@@ -193,25 +215,41 @@ def required_substrings(node: q.Node) -> set[str]:
 _COLUMN_FIELD = {col: name for name, col in layout.FIELD_COLUMN.items()}
 
 
+def _rows_containing(joined: str, starts: list[int], needle: str) -> int:
+    """Bitmap of rows whose (lower-cased) message contains ``needle``, by str.find over the joined text."""
+    bits = 0
+    find = joined.find
+    pos = find(needle)
+    while pos != -1:
+        row = bisect_right(starts, pos) - 1
+        bits |= 1 << row
+        # continue from the next row: one hit per row is enough
+        next_start = starts[row + 1] if row + 1 < len(starts) else len(joined)
+        pos = find(needle, next_start)
+    return bits
+
+
 def verify(node: q.Node, view: BlockView, bits: int) -> int:
     """Keep only the candidate rows that really match."""
     cols = needed_columns(node)
     decoded = {_COLUMN_FIELD[c]: view.column(c) for c in cols}
-    needles = required_substrings(node) if "message" in decoded else set()
-    lowered: list[str] | None = None
-    if needles:
-        joined, lowered = view.lowered_messages()
-        if not all(needle in joined for needle in needles):
-            return 0
+    if "message" in decoded:
+        needles = required_substrings(node)
+        if needles:
+            # a row whose message lacks a required substring cannot match; a needle holding a newline
+            # could span two rows of the joined text, so it is left to the row check below
+            joined, starts = view.lowered_messages()
+            for needle in needles:
+                if "\n" in needle:
+                    continue
+                bits &= _rows_containing(joined, starts, needle)
+                if not bits:
+                    return 0
     defaults: dict[str, Any] = {"ts_ns": 0, "id": 0, "level": "", "source": "", "tags": [], "message": "",
                                 "metadata": {}, "thread_id": None, "request_id": None, "user_id": None}
     out = 0
     matches = q.matches
     for row in rows_of(bits):
-        if lowered is not None:
-            text = lowered[row]
-            if not all(needle in text for needle in needles):
-                continue
         record = dict(defaults)
         for name, values in decoded.items():
             record[name] = values[row]

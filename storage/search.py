@@ -29,7 +29,7 @@ from storage.block import decode_column
 from storage.errors import BadQuery
 from storage.header import BlockHeader
 from storage.levels import severity
-from storage.planner import matching_rows
+from storage.planner import block_filter, matching_rows
 from storage.postings import decode_postings, row_range, rows_of
 
 #: a page deeper than this must use the cursor (search_after) instead of an offset
@@ -131,15 +131,20 @@ class View:
             self._cache.put(key, values, len(data) * 4 + self.header.count * 40)
         return values
 
-    def lowered_messages(self) -> tuple[str, list[str]]:
-        """The block's messages lower-cased, and all of them joined by newlines (cached): one C-level
-        substring search over the joined text rules a block in or out before any row is checked."""
+    def lowered_messages(self) -> tuple[str, list[int]]:
+        """The block's messages lower-cased and joined by newlines, and where each row starts in it
+        (cached): C-level substring searches over the joined text find candidate rows."""
         key = (self.header.block_id, "lowered")
         value = self._cache.get(key)
         if value is None:
             lowered = [m.lower() for m in self.column(layout.COL_MESSAGE)]
-            value = ("\n".join(lowered), lowered)
-            self._cache.put(key, value, 2 * sum(map(len, lowered)) + self.header.count * 60)
+            starts = [0] * len(lowered)
+            offset = 0
+            for i, text in enumerate(lowered):
+                starts[i] = offset
+                offset += len(text) + 1
+            value = ("\n".join(lowered), starts)
+            self._cache.put(key, value, 2 * offset + self.header.count * 40)
         return value
 
     def record(self, row: int) -> dict[str, Any]:
@@ -147,6 +152,33 @@ class View:
         for name, col in layout.FIELD_COLUMN.items():
             out[name] = self.column(col)[row]
         return out
+
+
+# --- skipping blocks without reading them ----------------------------------------------------------
+
+
+def prefilter(snap: Snapshot, node: q.Node, hashes: dict[str, tuple[int, int]]) -> list[BlockHeader]:
+    """The snapshot's blocks that may hold a match, judged by header counts and in-memory blooms only:
+    for a rare term this loop, not LMDB, is the whole cost of a query."""
+    terms, fields = block_filter(node)
+    if not terms and not fields:
+        return snap.blocks
+    probes = []
+    for term in terms:
+        h = hashes.get(term)
+        if h is None:
+            h = hashes[term] = term_hashes(layout.term_bytes(term)[0])
+        probes.append(h)
+    blooms = snap.blooms
+    kept = []
+    for header in snap.blocks:
+        if fields and not all(value in header.field_counts(name) for name, value in fields):
+            continue
+        bloom = blooms.get(header.block_id)
+        if bloom is not None and probes and not all(bloom_may_contain(bloom, h) for h in probes):
+            continue
+        kept.append(header)
+    return kept
 
 
 # --- header-only answers ----------------------------------------------------------------------------
@@ -254,8 +286,8 @@ def run_query(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, d
             if window:
                 offer(record["ts_ns"], record["id"], ("tail", record))
 
-    blocks = sorted(snap.blocks, key=(lambda h: -h.max_ts) if desc else (lambda h: h.min_ts))
     hashes: dict[str, tuple[int, int]] = {}
+    blocks = sorted(prefilter(snap, node, hashes), key=(lambda h: -h.max_ts) if desc else (lambda h: h.min_ts))
     picked: dict[int, tuple[View, list[int]]] = {}
     with env_read() as txn:
         for header in blocks:
@@ -306,7 +338,7 @@ def run_count(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node) -> i
     total = sum(1 for record in snap.tail if q.matches(node, record))
     hashes: dict[str, tuple[int, int]] = {}
     with env_read() as txn:
-        for header in snap.blocks:
+        for header in prefilter(snap, node, hashes):
             c = header_count(node, header)
             if c is not None:
                 total += c
@@ -342,7 +374,7 @@ def run_aggregate(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
     columns = _agg_columns(spec)
     hashes: dict[str, tuple[int, int]] = {}
     with env_read() as txn:
-        for header in snap.blocks:
+        for header in prefilter(snap, node, hashes):
             view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes)
             try:
                 c = header_count(node, header)

@@ -277,11 +277,13 @@ class Store:
                     task.future.set_exception(exc)
             now = time.monotonic()
             if now - last_reader_check > self.config.reader_check_interval_s:
+                # housekeeping: clear reader slots of dead processes, forget expired idempotency keys
                 last_reader_check = now
                 try:
                     self._env.env.reader_check()
-                except lmdb.Error:
-                    log.exception("store %s: reader_check failed", self.path)
+                    self._expire_idempotency_keys()
+                except (lmdb.Error, ShardlogError):
+                    log.exception("store %s: housekeeping failed", self.path)
 
     def _write(self, fill: Callable[[lmdb.Transaction], Any]) -> Any:
         """One write transaction; on MapFullError abort, grow the map and retry the whole thing."""
@@ -478,11 +480,12 @@ class Store:
         if extra_hi is not None:
             hi = extra_hi if hi is None else min(hi, extra_hi)
         with self._state_lock:
-            if lo is not None and hi is not None and lo >= hi:
-                items: list[tuple[int, int, int]] = []
+            if lo is None and hi is None:
+                headers = list(self._headers.values())  # every block: no need to walk the tree
+            elif lo is not None and hi is not None and lo >= hi:
+                headers = []
             else:
-                items = self._tree.overlapping(lo, hi)
-            headers = [self._headers[block_id] for _, _, block_id in items]
+                headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(lo, hi)]
             tail = [r for _, chunk in self._tail for r in chunk]
         return Snapshot(headers, self._blooms, tail)
 
