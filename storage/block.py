@@ -155,12 +155,13 @@ def _term_rows(levels: list[str], sources: list[str], tags: list[list[str]], mes
             tag_rows[tag].append(i)
     for tag, rows in tag_rows.items():
         out["t:" + tag] = rows
-    meta_rows: defaultdict[tuple[str, Any], list[int]] = defaultdict(list)
+    # keyed with the value's type too: True == 1 == 1.0 in Python, but they render as different terms
+    meta_rows: defaultdict[tuple[str, Any, type], list[int]] = defaultdict(list)
     for i, row_meta in enumerate(metadata):
-        for pair in row_meta.items():
-            meta_rows[pair].append(i)
+        for key, value in row_meta.items():
+            meta_rows[key, value, type(value)].append(i)
     meta_text = layout.meta_value_text
-    for (key, value), rows in meta_rows.items():
+    for (key, value, _), rows in meta_rows.items():
         term = "m:" + key + "=" + meta_text(value)
         found = out.get(term)
         if found is None:
