@@ -189,7 +189,8 @@ def parse_aggregate(params: Mapping[str, Any], now_ns: int) -> AggRequest:
                                "yet; group by one field")
             group_by = pipe.by[0]
         elif isinstance(pipe, q.TopPipe) and not top:
-            top = ((pipe.field, pipe.n),)
+            # the parser calls the field "tag" (as in tag:x); results name it "tags" as --top does
+            top = (("tags" if pipe.field == "tag" else pipe.field, pipe.n),)
         elif isinstance(pipe, q.HistogramPipe) and interval_ns is None:
             interval_ns = pipe.interval_ns
     return AggRequest(node, AggSpec(group_by=group_by, histogram=histogram, top=top, interval_ns=interval_ns))
