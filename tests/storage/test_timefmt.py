@@ -158,6 +158,13 @@ def test_parse_timestamp_datetime_objects() -> None:
     assert parse_timestamp(datetime(9999, 1, 1)) is None  # beyond int64 ns
 
 
+class Opaque:
+    """An arbitrary object, with a stable repr so pytest-xdist workers agree on test ids."""
+
+    def __repr__(self) -> str:
+        return "Opaque()"
+
+
 UNPARSABLE = [
     None,
     "",
@@ -190,7 +197,7 @@ UNPARSABLE = [
     "9" * 5000,  # longer than int()'s digit limit: must be None, not ValueError
     [],
     {},
-    object(),
+    Opaque(),
     b"\xff\xfe",
 ]
 
