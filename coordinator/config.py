@@ -196,13 +196,11 @@ def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mappi
         except (ValueError, TypeError, ShardlogError) as exc:
             problems.append(str(getattr(exc, "message", exc)))
 
-    config = None
-    if not problems:
-        config = Config(**values)
-        problems.extend(validate(config))
+    # validate what did parse too, so one start reports every problem, not one round at a time
+    config = Config(**values)
+    problems.extend(validate(config))
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems), problems=problems)
-    assert config is not None
     return config
 
 

@@ -52,6 +52,7 @@ class Daemon:
                                http_address=http_address)
         self.stop_requested = asyncio.Event()
         self._servers: list[asyncio.base_events.Server] = []
+        self._rpc_connections = protocol.ConnectionSet(self.service.handle_rpc)
         self._http_runner: Any = None
         self._background: list[asyncio.Task] = []
         self._signals = 0
@@ -96,7 +97,7 @@ class Daemon:
             pass
         old_umask = os.umask(0o177)
         try:
-            self._servers.append(await asyncio.start_unix_server(self._on_rpc, path=socket_path,
+            self._servers.append(await asyncio.start_unix_server(self._rpc_connections, path=socket_path,
                                                                  limit=protocol.MAX_FRAME_BYTES))
         finally:
             os.umask(old_umask)
@@ -111,9 +112,6 @@ class Daemon:
         if self.config.tcp:
             host, port = self.config.tcp
             self._servers.append(await asyncio.start_server(self._on_tcp, host, port, limit=MAX_TCP_LINE_BYTES))
-
-    async def _on_rpc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await protocol.serve_connection(reader, writer, self.service.handle_rpc)
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """JSON lines (or plain text lines) over TCP: whatever has arrived is ingested as one batch.
@@ -164,6 +162,7 @@ class Daemon:
         # 1. stop accepting: close listeners (established connections finish their current request)
         for server in self._servers:
             server.close()
+        await self._rpc_connections.close()  # running requests are answered first
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         for task in self._background:

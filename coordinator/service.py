@@ -268,8 +268,10 @@ class Service:
         started = time.perf_counter()
         request = parse_search(params, time.time_ns())
         window = request.offset + request.limit
+        # each shard returns one row more than the page needs: if the merge holds more than the page,
+        # another page exists (exact, whatever the shard count)
         args = {"filter": q.to_wire(request.node), "sort": "desc" if request.desc else "asc", "offset": 0,
-                "limit": window, "after": list(request.after) if request.after else None,
+                "limit": window + 1, "after": list(request.after) if request.after else None,
                 "want_total": request.after is None}
         if request.after is not None:
             (results, failed), (count_results, count_failed) = await asyncio.gather(
@@ -281,11 +283,9 @@ class Service:
             total = sum(r["total"] for r in results if r is not None)
         streams = [r["rows"] for r in results if r is not None]
         merged = heapq.merge(*streams, key=lambda r: (r["ts_ns"], r["id"]), reverse=request.desc)
-        page = list(itertools.islice(merged, request.offset, window))
-        # more rows exist beyond this page when the shards returned more than one window in all, or one
-        # shard filled its window (it may hold more); at worst the last page is empty
-        more = len(page) == request.limit > 0 and (
-            sum(len(s) for s in streams) > window or any(len(s) == window for s in streams))
+        rows = list(itertools.islice(merged, request.offset, window + 1))
+        page = rows[:request.limit]
+        more = request.limit > 0 and len(rows) > request.limit
         next_cursor = encode_cursor(page[-1]["ts_ns"], page[-1]["id"]) if more else None
         self.metrics.query_latency.labels("query").observe(time.perf_counter() - started)
         return {"total": total, "logs": [to_public(r) for r in page], "next_cursor": next_cursor,

@@ -78,6 +78,7 @@ __all__ = [
     "ok_response",
     "error_response",
     "serve_connection",
+    "ConnectionSet",
     "Client",
     "AsyncClient",
 ]
@@ -555,6 +556,45 @@ async def serve_connection(
         except asyncio.CancelledError:
             writer.transport.abort()
             raise
+
+
+class ConnectionSet:
+    """The ``client_connected_cb`` of a server that serves every connection with ``serve_connection``
+    and can end them all gracefully: ``close()`` ends each connection's reading (as if the peer had
+    sent EOF), so requests already running are answered before the connection closes; only those
+    still running after ``timeout_s`` are cancelled."""
+
+    def __init__(self, handler: Handler, *, max_bytes: int = MAX_FRAME_BYTES, max_in_flight: int = 64) -> None:
+        self._handler = handler
+        self._max_bytes = max_bytes
+        self._max_in_flight = max_in_flight
+        self._live: dict[asyncio.Task[Any], asyncio.StreamReader] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._live[task] = reader
+        try:
+            await serve_connection(reader, writer, self._handler, max_bytes=self._max_bytes,
+                                   max_in_flight=self._max_in_flight)
+        except asyncio.CancelledError:
+            pass  # close() gave up waiting; the connection is aborted, nothing to report
+        finally:
+            if task is not None:
+                self._live.pop(task, None)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        for reader in self._live.values():
+            reader.feed_eof()
+        if self._live:
+            _, pending = await asyncio.wait(list(self._live), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,8 +61,7 @@ class ShardServer:
         self.parent_pid = parent_pid
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"shard{shard_id}-read")
         self.stopping = asyncio.Event()
-        #: live connections: their reader (to end them at shutdown) and the task serving them
-        self._connections: dict[asyncio.Task, asyncio.StreamReader] = {}
+        self._connections = protocol.ConnectionSet(self.handle)
 
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -111,16 +110,6 @@ class ShardServer:
         raise BadRequest(f"unknown operation {op!r}; expected one of ping, ingest, query, count, aggregate, "
                          "stats, retention, flush, shutdown")
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections[task] = reader
-        try:
-            await protocol.serve_connection(reader, writer, self.handle)
-        finally:
-            if task is not None:
-                self._connections.pop(task, None)
-
     async def _watch_parent(self) -> None:
         while not self.stopping.is_set():
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -142,7 +131,7 @@ class ShardServer:
             pass
         old_umask = os.umask(0o177)
         try:
-            server = await asyncio.start_unix_server(self._on_connection, path=self.socket_path,
+            server = await asyncio.start_unix_server(self._connections, path=self.socket_path,
                                                      limit=protocol.MAX_FRAME_BYTES)
         finally:
             os.umask(old_umask)
@@ -152,13 +141,7 @@ class ShardServer:
         # Shutdown: stop accepting, let in-flight requests finish (their acks are durable once the
         # writer commits), then close the store so the WAL/blocks are consistent on disk.
         server.close()
-        # ending each reader makes serve_connection stop reading, answer what is running, and return
-        for reader in self._connections.values():
-            reader.feed_eof()
-        if self._connections:
-            _, pending = await asyncio.wait(list(self._connections), timeout=10.0)
-            for task in pending:
-                task.cancel()
+        await self._connections.close()
         watcher.cancel()
         await loop.run_in_executor(None, self.store.close)
         self.readers.shutdown(wait=True)

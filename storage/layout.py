@@ -9,7 +9,8 @@ A store is a directory (0700) holding ``MANIFEST.json`` and one LMDB environment
 Named databases (keys are fixed-width big-endian integers so byte order is numeric order):
 
     meta      bytes name                      -> msgpack value (format version, ...)
-    wal       u64 seq                         -> msgpack list of records (one chunk, <= block size)
+    wal       u64 seq                         -> msgpack list of records (one ingest batch, as received)
+    wal_done  u64 seq                         -> u32 rows of that batch already sealed into blocks
     headers   u64 block_id                    -> msgpack block header (storage.header)
     columns   u64 block_id ‖ u8 column        -> zstd-compressed column (storage.block)
     postings  u64 block_id ‖ term bytes       -> packed row offsets (storage.postings)
@@ -43,15 +44,17 @@ OWNER_LOCK_NAME = "owner.lock"
 
 DB_META = b"meta"
 DB_WAL = b"wal"
+DB_WAL_DONE = b"wal_done"
 DB_HEADERS = b"headers"
 DB_COLUMNS = b"columns"
 DB_POSTINGS = b"postings"
 DB_BLOOMS = b"blooms"
 DB_IDEM = b"idem"
 DB_IDEM_AGE = b"idem_age"
-ALL_DBS = (DB_META, DB_WAL, DB_HEADERS, DB_COLUMNS, DB_POSTINGS, DB_BLOOMS, DB_IDEM, DB_IDEM_AGE)
+ALL_DBS = (DB_META, DB_WAL, DB_WAL_DONE, DB_HEADERS, DB_COLUMNS, DB_POSTINGS, DB_BLOOMS, DB_IDEM, DB_IDEM_AGE)
 
 U64 = struct.Struct(">Q")
+U32 = struct.Struct(">I")
 BLOCK_COLUMN = struct.Struct(">QB")
 
 #: LMDB's default maximum key size is 511 bytes; 8 bytes go to the block id.

@@ -3,17 +3,18 @@
 Write path (one writer thread owns every LMDB write transaction):
 
     ingest(records) ──► queue ──► writer: one write txn for every pending request
-                                   (WAL chunks + idempotency keys), commit with fsync,
-                                   then acknowledge all of them together (group commit)
-                                   └─► when the tail holds >= block_records (or is older than
-                                       seal_after_s): build a block, and in one txn store it
-                                       and delete its WAL chunks
+                                   (one WAL entry per batch + idempotency keys), commit with
+                                   fsync, then acknowledge all of them together (group commit)
+    sealer: when the tail holds >= block_records (or is older than seal_after_s), build a block
+            from its oldest rows; the writer stores it in its next txn, deleting fully sealed WAL
+            entries and recording how many rows of a partly sealed one are done (wal_done)
 
 Read path: a snapshot of (blocks overlapping the time bounds, the unsealed tail) is taken under
 ``_state_lock``; the blocks are then read in one read transaction (``storage.search``).
 
 Locking rules:
-* ``_state_lock`` guards ``_tree``, ``_headers``, ``_blooms``, ``_tail`` and ``_tail_records``;
+* ``_state_lock`` guards ``_tree``, ``_headers``, ``_blooms``, ``_tail`` (and each entry's
+  ``start``) and ``_tail_records``;
   the writer changes them only after the LMDB commit that makes the change durable succeeded, so
   a snapshot never shows a block whose data a read transaction could miss, and never shows a
   record twice (in a block and in the tail).
@@ -105,15 +106,27 @@ def check_records(records: Any) -> list[dict[str, Any]]:
 
 
 class _Task:
-    __slots__ = ("kind", "records", "key", "future", "arg")
+    __slots__ = ("kind", "records", "key", "future", "arg", "packed")
 
     def __init__(self, kind: str, records: list[dict[str, Any]] | None = None, key: str | None = None,
-                 arg: Any = None) -> None:
+                 arg: Any = None, packed: bytes | None = None) -> None:
         self.kind = kind
         self.records = records
         self.key = key
         self.arg = arg
+        self.packed = packed
         self.future: Future = Future()
+
+
+class _WalEntry:
+    """One ingest batch in the WAL; rows before ``start`` are already sealed into blocks."""
+
+    __slots__ = ("seq", "records", "start")
+
+    def __init__(self, seq: int, records: list[dict[str, Any]], start: int = 0) -> None:
+        self.seq = seq
+        self.records = records
+        self.start = start
 
 
 class Store:
@@ -134,7 +147,7 @@ class Store:
         self._tree = IntervalTree()
         self._headers: dict[int, BlockHeader] = {}
         self._blooms: dict[int, bytes] = {}
-        self._tail: list[tuple[int, list[dict[str, Any]]]] = []  # (wal seq, chunk) oldest first
+        self._tail: list[_WalEntry] = []  # unsealed batches, oldest first
         self._tail_records = 0
         self._tail_since = 0.0  # monotonic time the oldest unsealed record arrived
         self._pending_records = 0
@@ -171,15 +184,19 @@ class Store:
                 items.append((header.min_ts, header.max_ts, header.block_id))
             for key, value in txn.cursor(db=self._dbs[layout.DB_BLOOMS]):
                 self._blooms[layout.read_u64(key)] = bytes(value)
+            done = {layout.read_u64(k): layout.U32.unpack(v)[0]
+                    for k, v in txn.cursor(db=self._dbs[layout.DB_WAL_DONE])}
             for key, value in txn.cursor(db=self._dbs[layout.DB_WAL]):
                 seq = layout.read_u64(key)
                 try:
-                    chunk = msgpack.unpackb(value, raw=False, strict_map_key=True)
-                    check_records(chunk)
+                    batch = msgpack.unpackb(value, raw=False, strict_map_key=True)
+                    check_records(batch)
                 except (ShardlogError, ValueError, TypeError, msgpack.UnpackException) as exc:
                     raise CorruptData(f"WAL entry {seq} in {self.path} cannot be read: {exc}") from exc
-                self._tail.append((seq, chunk))
-                self._tail_records += len(chunk)
+                start = done.get(seq, 0)
+                if start < len(batch):
+                    self._tail.append(_WalEntry(seq, batch, start))
+                    self._tail_records += len(batch) - start
                 self._next_seq = seq + 1
         items.sort()
         self._tree = IntervalTree.from_items(items) if hasattr(IntervalTree, "from_items") else IntervalTree()
@@ -193,8 +210,11 @@ class Store:
 
     # --- writes --------------------------------------------------------------------------------
 
-    def submit(self, records: list[dict[str, Any]], idempotency_key: str | None = None) -> Future:
-        """Queue a batch; the future resolves to ``{"accepted": n, "duplicate": bool}`` once durable."""
+    def submit(self, records: list[dict[str, Any]], idempotency_key: str | None = None,
+               packed: bytes | None = None) -> Future:
+        """Queue a batch; the future resolves to ``{"accepted": n, "duplicate": bool}`` once durable.
+        ``packed``, when given, must be the msgpack of ``records`` (as received from the wire): it is
+        written to the WAL as is instead of packing the records again."""
         if self._closed:
             raise ShardlogError(f"store {self.path} is closed")
         n = len(records)
@@ -204,7 +224,7 @@ class Store:
                                  f"limit is {self.config.max_pending_records} (max_pending_records); retry shortly",
                                  retry_after_s=1)
             self._pending_records += n
-        task = _Task("ingest", records, idempotency_key)
+        task = _Task("ingest", records, idempotency_key, packed=packed)
         self._queue.put(task)
         return task.future
 
@@ -270,7 +290,6 @@ class Store:
                     elif task.kind == "retention":
                         task.future.set_result(self._drop_before(task.arg))
                     elif task.kind == "stop":
-                        self._seal(force=False)
                         task.future.set_result(None)
                         return
                 except BaseException as exc:
@@ -299,14 +318,13 @@ class Store:
         """One durable transaction for all queued ingest batches and sealed blocks: ingest writes WAL
         chunks; a sealed block is stored and its WAL chunks deleted.  One fsync for all of them."""
         now_ns = time.time_ns()
-        block_records = self.config.block_records
 
-        def fill(txn: lmdb.Transaction) -> tuple[list[Any], list[tuple[int, list[dict[str, Any]]]], int]:
+        def fill(txn: lmdb.Transaction) -> tuple[list[Any], list[_WalEntry], int]:
             for seal in seals:
                 self._put_block(txn, *seal.arg)
             seq = self._next_seq
             results: list[Any] = []
-            chunks: list[tuple[int, list[dict[str, Any]]]] = []
+            entries: list[_WalEntry] = []
             seen: dict[bytes, int] = {}
             wal = self._dbs[layout.DB_WAL]
             for task in tasks:
@@ -320,10 +338,10 @@ class Store:
                             accepted = msgpack.unpackb(previous, raw=False).get("accepted", 0)
                         results.append({"accepted": accepted, "duplicate": True})
                         continue
-                for start in range(0, len(records), block_records):
-                    chunk = records[start:start + block_records]
-                    txn.put(layout.u64(seq), msgpack.packb(chunk, use_bin_type=True), db=wal, append=True)
-                    chunks.append((seq, chunk))
+                if records:
+                    packed = task.packed if task.packed is not None else msgpack.packb(records, use_bin_type=True)
+                    txn.put(layout.u64(seq), packed, db=wal, append=True)
+                    entries.append(_WalEntry(seq, records))
                     seq += 1
                 if ikey is not None:
                     seen[ikey] = len(records)
@@ -331,11 +349,11 @@ class Store:
                             db=self._dbs[layout.DB_IDEM])
                     txn.put(layout.idem_age_key(now_ns, ikey), b"", db=self._dbs[layout.DB_IDEM_AGE])
                 results.append({"accepted": len(records), "duplicate": False})
-            return results, chunks, seq
+            return results, entries, seq
 
         total = sum(len(t.records or ()) for t in tasks)
         try:
-            results, chunks, next_seq = self._write(fill)
+            results, entries, next_seq = self._write(fill)
         except BaseException as exc:
             with self._pending_lock:
                 self._pending_records -= total
@@ -351,10 +369,10 @@ class Store:
         with self._state_lock:
             for seal in seals:
                 self._show_block(*seal.arg)
-            if not self._tail and chunks:
+            if not self._tail and entries:
                 self._tail_since = time.monotonic()
-            self._tail.extend(chunks)
-            self._tail_records += sum(len(c) for _, c in chunks)
+            self._tail.extend(entries)
+            self._tail_records += sum(len(e.records) for e in entries)
         with self._pending_lock:
             self._pending_records -= total
         for task, result in zip(tasks, results):
@@ -369,17 +387,16 @@ class Store:
                 aged = self._tail and time.monotonic() - self._tail_since >= self.config.seal_after_s
                 if not self._tail or (self._tail_records < block_records and not force and not aged):
                     return
-                # (seq, chunk, rows taken from its front): a chunk that would overshoot the block is
-                # split, and its WAL entry is rewritten to hold the rest
-                taken: list[tuple[int, list[dict[str, Any]], int]] = []
+                # (entry, first row, end row) of the oldest unsealed rows, up to one block
+                taken: list[tuple[_WalEntry, int, int]] = []
                 count = 0
-                for seq, chunk in self._tail:
+                for entry in self._tail:
                     if count >= block_records:
                         break
-                    take = min(len(chunk), block_records - count)
-                    taken.append((seq, chunk, take))
-                    count += take
-            records = [r for _, chunk, take in taken for r in chunk[:take]]
+                    end = min(len(entry.records), entry.start + block_records - count)
+                    taken.append((entry, entry.start, end))
+                    count += end - entry.start
+            records = [r for entry, start, end in taken for r in entry.records[start:end]]
             sealed = build_block(records, self._next_block_id)
             self._next_block_id += 1
             # the writer stores it in its next transaction, together with pending ingest batches
@@ -389,8 +406,8 @@ class Store:
             if not force and self._tail_records < block_records:
                 return
 
-    def _put_block(self, txn: lmdb.Transaction, sealed: SealedBlock,
-                   taken: list[tuple[int, list[dict[str, Any]], int]], count: int) -> None:
+    def _put_block(self, txn: lmdb.Transaction, sealed: SealedBlock, taken: list[tuple[_WalEntry, int, int]],
+                   count: int) -> None:
         block_id = sealed.header.block_id
         prefix = layout.block_prefix(block_id)
         txn.put(prefix, sealed.header.encode(), db=self._dbs[layout.DB_HEADERS])
@@ -400,22 +417,21 @@ class Store:
         postings_db = self._dbs[layout.DB_POSTINGS]
         for key, data in sorted((layout.posting_key(block_id, t)[0], d) for t, d in sealed.postings.items()):
             txn.put(key, data, db=postings_db)
-        for seq, chunk, take in taken:
-            if take == len(chunk):
-                txn.delete(layout.u64(seq), db=self._dbs[layout.DB_WAL])
-            else:
-                txn.put(layout.u64(seq), msgpack.packb(chunk[take:], use_bin_type=True), db=self._dbs[layout.DB_WAL])
+        for entry, _, end in taken:
+            key = layout.u64(entry.seq)
+            if end == len(entry.records):
+                txn.delete(key, db=self._dbs[layout.DB_WAL])
+                txn.delete(key, db=self._dbs[layout.DB_WAL_DONE])
+            else:  # partly sealed: remember how far, instead of rewriting the batch
+                txn.put(key, layout.U32.pack(end), db=self._dbs[layout.DB_WAL_DONE])
 
-    def _show_block(self, sealed: SealedBlock, taken: list[tuple[int, list[dict[str, Any]], int]],
-                    count: int) -> None:
-        """After the commit, under the state lock: the block replaces its records in the tail."""
+    def _show_block(self, sealed: SealedBlock, taken: list[tuple[_WalEntry, int, int]], count: int) -> None:
+        """After the commit, under the state lock: the block replaces its rows in the tail."""
         header = sealed.header
-        seq, chunk, take = taken[-1]
-        if take < len(chunk):
-            self._tail[len(taken) - 1] = (seq, chunk[take:])
-            del self._tail[:len(taken) - 1]
-        else:
-            del self._tail[:len(taken)]
+        for entry, _, end in taken:
+            entry.start = end
+        while self._tail and self._tail[0].start >= len(self._tail[0].records):
+            del self._tail[0]
         self._tail_records -= count
         self._tail_since = time.monotonic()
         self._headers[header.block_id] = header
@@ -462,8 +478,11 @@ class Store:
             removed = 0
             if not cursor.first():
                 return
-            while removed < max_keys and cursor.key()[:8] < cutoff:
-                txn.delete(cursor.key()[8:], db=self._dbs[layout.DB_IDEM])
+            while removed < max_keys:
+                key = cursor.key()
+                if not key or key[:8] >= cutoff:  # b"" once the cursor ran off the end
+                    break
+                txn.delete(key[8:], db=self._dbs[layout.DB_IDEM])
                 if not cursor.delete():
                     break
                 removed += 1
@@ -486,7 +505,7 @@ class Store:
                 headers = []
             else:
                 headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(lo, hi)]
-            tail = [r for _, chunk in self._tail for r in chunk]
+            tail = [r for entry in self._tail for r in entry.records[entry.start:]]
         return Snapshot(headers, self._blooms, tail)
 
     def query(self, node: q.Node, *, sort: str = "desc", offset: int = 0, limit: int = 100,
@@ -514,7 +533,7 @@ class Store:
     def stats(self) -> dict[str, Any]:
         with self._state_lock:
             headers = list(self._headers.values())
-            tail = [r for _, chunk in self._tail for r in chunk]
+            tail = [r for entry in self._tail for r in entry.records[entry.start:]]
         levels: dict[str, int] = {}
         sources: dict[str, int] = {}
         tags: dict[str, int] = {}
@@ -546,20 +565,22 @@ class Store:
     # --- close ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish queued writes, seal full blocks, stop both threads, close LMDB, release the lock."""
+        """Stop the sealer (it finishes the block it is building), then the writer (it commits every
+        batch queued before close), close LMDB and release the lock.  Unsealed rows stay in the WAL."""
         if self._closed:
             return
         self._closed = True
-        stop_writer = _Task("stop")
-        self._queue.put(stop_writer)
         try:
-            stop_writer.future.result()
-            self._writer.join()
+            # the sealer first: a block it builds is stored through the writer, which must still run
             stop_sealer = _Task("stop")
             self._maintenance.put(stop_sealer)
             self._seal_wakeup.set()
             stop_sealer.future.result()
             self._sealer.join()
+            stop_writer = _Task("stop")
+            self._queue.put(stop_writer)
+            stop_writer.future.result()
+            self._writer.join()
         finally:
             self._env.close()
             os.close(self._lock_fd)
