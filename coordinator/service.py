@@ -25,6 +25,7 @@ import uuid
 from collections import deque
 from typing import Any, Awaitable, Callable
 
+import msgpack
 import orjson
 
 from coordinator.config import Config
@@ -154,7 +155,8 @@ class Service:
         """Send one shard its part; if the shard dies meanwhile, wait for its restart and resend the same
         keyed frame (the shard stores it at most once) until the ingest deadline."""
         deadline = time.monotonic() + self.config.ingest_timeout_s
-        args = {"records": records, "idempotency_key": key}
+        # packed once here; the shard writes these bytes to its WAL as they are
+        args = {"records_packed": msgpack.packb(records, use_bin_type=True), "idempotency_key": key}
         while True:
             remaining = deadline - time.monotonic()
             try:

@@ -4,7 +4,8 @@
 
 Operations (args -> result):
     ping        {}                                         -> {"shard_id", "pid", "records"}
-    ingest      {"records": [...], "idempotency_key": s?}  -> {"accepted": n, "duplicate": bool}
+    ingest      {"records": [...] | "records_packed": msgpack bytes of that list, "idempotency_key": s?}
+                                                           -> {"accepted": n, "duplicate": bool}
     query       {"filter": wire, "sort", "offset", "limit", "after": [ts, id]?, "want_total"}
                                                            -> {"rows": [...], "total": n | None}
     count       {"filter": wire}                           -> {"count": n}
@@ -68,11 +69,19 @@ class ShardServer:
         if op == "ping":
             return {"shard_id": self.shard_id, "pid": os.getpid()}
         if op == "ingest":
-            records = check_records(args.get("records"))
+            packed = args.get("records_packed")
+            if packed is not None:
+                # the records as one msgpack blob: decoded (with the frame's limits) to check and
+                # index them, and written to the WAL as is, without packing them again
+                if not isinstance(packed, bytes):
+                    raise BadRequest(f"records_packed must be bytes, got {type(packed).__name__}")
+                records = check_records(protocol.unpack(packed))
+            else:
+                records = check_records(args.get("records"))
             key = args.get("idempotency_key")
             if key is not None and not isinstance(key, str):
                 raise BadRequest(f"idempotency_key must be a string, got {type(key).__name__}")
-            return await asyncio.wrap_future(self.store.submit(records, key))
+            return await asyncio.wrap_future(self.store.submit(records, key, packed=packed))
         if op == "query":
             node = q.from_wire(args.get("filter", ["all"]))
             sort = args.get("sort", "desc")
