@@ -147,6 +147,8 @@ class Daemon:
             writer.close()
 
     async def _retention_loop(self) -> None:
+        # every minute, or more often for short retention periods (a tenth of the period, >= 0.5 s)
+        every_s = min(RETENTION_EVERY_S, max(0.5, (self.config.retention_ns or 0) / 1e9 / 10))
         while True:
             cutoff = time.time_ns() - (self.config.retention_ns or 0)
             try:
@@ -156,7 +158,7 @@ class Daemon:
                              dropped["dropped_records"], cutoff)
             except ShardlogError as exc:
                 log.warning("retention failed: %s", exc.message)
-            await asyncio.sleep(RETENTION_EVERY_S)
+            await asyncio.sleep(every_s)
 
     async def _shutdown(self) -> None:
         # 1. stop accepting: close listeners (established connections finish their current request)

@@ -560,15 +560,15 @@ async def serve_connection(
 
 class ConnectionSet:
     """The ``client_connected_cb`` of a server that serves every connection with ``serve_connection``
-    and can end them all gracefully: ``close()`` ends each connection's reading (as if the peer had
-    sent EOF), so requests already running are answered before the connection closes; only those
-    still running after ``timeout_s`` are cancelled."""
+    and can end them all gracefully: ``close()`` stops reading from each connection and ends its
+    stream (as if the peer had sent EOF), so requests already running are answered before the
+    connection closes; only those still running after ``timeout_s`` are cancelled."""
 
     def __init__(self, handler: Handler, *, max_bytes: int = MAX_FRAME_BYTES, max_in_flight: int = 64) -> None:
         self._handler = handler
         self._max_bytes = max_bytes
         self._max_in_flight = max_in_flight
-        self._live: dict[asyncio.Task[Any], asyncio.StreamReader] = {}
+        self._live: dict[asyncio.Task[Any], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -576,7 +576,7 @@ class ConnectionSet:
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._live[task] = reader
+            self._live[task] = (reader, writer)
         try:
             await serve_connection(reader, writer, self._handler, max_bytes=self._max_bytes,
                                    max_in_flight=self._max_in_flight)
@@ -587,7 +587,10 @@ class ConnectionSet:
                 self._live.pop(task, None)
 
     async def close(self, timeout_s: float = 10.0) -> None:
-        for reader in self._live.values():
+        for reader, writer in self._live.values():
+            # stop the transport delivering bytes first: data after feed_eof() is an error
+            if not writer.is_closing():
+                writer.transport.pause_reading()
             reader.feed_eof()
         if self._live:
             _, pending = await asyncio.wait(list(self._live), timeout=timeout_s)

@@ -159,10 +159,12 @@ def _term_rows(levels: list[str], sources: list[str], tags: list[list[str]], mes
     meta_rows: defaultdict[tuple[str, Any, type], list[int]] = defaultdict(list)
     for i, row_meta in enumerate(metadata):
         for key, value in row_meta.items():
-            meta_rows[key, value, type(value)].append(i)
+            if value is not None:  # None means absent, as in storage.query.matches
+                meta_rows[key, value, type(value)].append(i)
     meta_text = layout.meta_value_text
+    term_meta = layout.term_meta
     for (key, value, _), rows in meta_rows.items():
-        term = "m:" + key + "=" + meta_text(value)
+        term = term_meta(key, meta_text(value))
         found = out.get(term)
         if found is None:
             out[term] = rows

@@ -55,6 +55,10 @@ ALL_DBS = (DB_META, DB_WAL, DB_WAL_DONE, DB_HEADERS, DB_COLUMNS, DB_POSTINGS, DB
 
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
+I64 = struct.Struct(">q")
+
+#: meta key: the newest retention cutoff applied (i64 ns); older records are hidden from reads
+META_RETENTION_CUTOFF = b"retention_cutoff_ns"
 BLOCK_COLUMN = struct.Struct(">QB")
 
 #: LMDB's default maximum key size is 511 bytes; 8 bytes go to the block id.
@@ -160,8 +164,16 @@ def term_thread(value: str) -> str:
     return "h:" + value
 
 
+def meta_key_text(key: str) -> str:
+    """A metadata key inside a term, with backslash and ``=`` escaped by a backslash, so
+    ``{"a=b": "c"}`` and ``{"a": "b=c"}`` give different terms."""
+    if "=" in key or "\\" in key:
+        return key.replace("\\", "\\\\").replace("=", "\\=")
+    return key
+
+
 def term_meta(key: str, value: str) -> str:
-    return "m:" + key + "=" + value
+    return "m:" + meta_key_text(key) + "=" + value
 
 
 #: Term kinds that always get a posting list, even for one row: their values are few per block and

@@ -24,6 +24,7 @@ Locking rules:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -85,6 +86,10 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+_META_TYPES = (str, int, float, bool)
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def check_records(records: Any) -> list[dict[str, Any]]:
     """Records arriving from the wire must have the normalized shape (the coordinator normalizes);
     a wrong one is refused as a whole request, naming the record and field."""
@@ -100,6 +105,12 @@ def check_records(records: Any) -> list[dict[str, Any]]:
                                  f"got {type(value).__name__ if value is not ... else 'nothing'}")
         if not all(isinstance(t, str) for t in record["tags"]):
             raise BadRequest(f"record {index} field 'tags' must hold strings")
+        for key, value in record["metadata"].items():
+            # a nested or None value would be acknowledged and then break sealing for good
+            if not isinstance(value, _META_TYPES) or (isinstance(value, int) and not _I64_MIN <= value <= _I64_MAX) \
+                    or (isinstance(value, float) and not math.isfinite(value)):
+                raise BadRequest(f"record {index} metadata {key!r:.100} must be a string, a 64-bit integer, a finite "
+                                 f"number or a boolean, got {type(value).__name__}; flatten it before sending")
         if not -(1 << 63) <= record["ts_ns"] < (1 << 63) or not 0 <= record["id"] < (1 << 63):
             raise BadRequest(f"record {index} ts_ns/id out of the int64 range")
     return records
@@ -154,6 +165,9 @@ class Store:
         self._pending_lock = threading.Lock()
         self._next_seq = 0
         self._next_block_id = 0
+        #: records older than this are expired: hidden from reads at once, their blocks dropped when
+        #: wholly expired (a block straddling the cutoff stays until its newest record expires)
+        self._retention_cutoff_ns: int | None = None
         self._load()
         self._queue: queue.Queue[_Task] = queue.Queue()  # ingest batches, for the writer
         self._maintenance: queue.Queue[_Task] = queue.Queue()  # flush / retention / stop, for the sealer
@@ -176,6 +190,9 @@ class Store:
     def _load(self) -> None:
         items = []
         with self._env.read() as txn:
+            cutoff = txn.get(layout.META_RETENTION_CUTOFF, db=self._dbs[layout.DB_META])
+            if cutoff is not None:
+                self._retention_cutoff_ns = layout.I64.unpack(cutoff)[0]
             for key, value in txn.cursor(db=self._dbs[layout.DB_HEADERS]):
                 header = BlockHeader.decode(value)
                 if header.block_id != layout.read_u64(key):
@@ -439,6 +456,10 @@ class Store:
         self._tree.insert(header.min_ts, header.max_ts, header.block_id)
 
     def _drop_before(self, cutoff_ns: int, batch_blocks: int = 16) -> dict[str, int]:
+        if self._retention_cutoff_ns is None or cutoff_ns > self._retention_cutoff_ns:
+            self._write(lambda txn: txn.put(layout.META_RETENTION_CUTOFF, layout.I64.pack(cutoff_ns),
+                                            db=self._dbs[layout.DB_META]))
+            self._retention_cutoff_ns = cutoff_ns
         with self._state_lock:
             doomed = self._tree.ending_before(cutoff_ns)
         dropped_blocks = dropped_records = 0
@@ -508,12 +529,18 @@ class Store:
             tail = [r for entry in self._tail for r in entry.records[entry.start:]]
         return Snapshot(headers, self._blooms, tail)
 
+    def _visible(self, node: q.Node) -> q.Node:
+        """``node`` restricted to records retention has not expired."""
+        cutoff = self._retention_cutoff_ns
+        return node if cutoff is None else q.and_nodes(node, q.TimeRange(cutoff, None))
+
     def query(self, node: q.Node, *, sort: str = "desc", offset: int = 0, limit: int = 100,
               after: tuple[int, int] | list[int] | None = None, want_total: bool = True) -> dict[str, Any]:
         """Matching records sorted by (ts_ns, id); ``after`` is a search-after cursor (ts_ns, id)."""
         if sort not in ("asc", "desc"):
             raise ValueError(f"sort must be 'asc' or 'desc', got {sort!r}")
         desc = sort == "desc"
+        node = self._visible(node)
         bounds: tuple[int | None, int | None] = (None, None)
         if after is not None:
             after = (int(after[0]), int(after[1]))
@@ -523,10 +550,12 @@ class Store:
                          limit=limit, after=after, want_total=want_total)
 
     def count(self, node: q.Node) -> int:
+        node = self._visible(node)
         return run_count(self._env.read, self._dbs, self._cache, self._snapshot(node), node)
 
     def aggregate(self, node: q.Node, spec: AggSpec) -> dict[str, Any]:
         """A partial aggregation state in wire form (merge with ``storage.aggregate``)."""
+        node = self._visible(node)
         agg = run_aggregate(self._env.read, self._dbs, self._cache, self._snapshot(node), node, spec)
         return aggregate_to_wire(agg.partial)
 
