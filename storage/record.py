@@ -31,7 +31,7 @@ import orjson
 
 from storage.errors import BadRecord
 from storage.levels import normalize_level
-from storage.timefmt import NS_PER_S, format_timestamp, parse_timestamp
+from storage.timefmt import MIN_TS_NS, NS_PER_S, format_timestamp, parse_timestamp_unbounded
 
 
 @dataclass(frozen=True)
@@ -444,7 +444,9 @@ def normalize_record(
             f"{limits.max_metadata_keys} (limits.max_metadata_keys)"
         )
 
-    ts_ns = None if ts_value is None else parse_timestamp(ts_value)
+    ts_ns = None if ts_value is None else parse_timestamp_unbounded(ts_value)
+    if ts_ns is not None and ts_ns < MIN_TS_NS:
+        ts_ns = None  # before 1677: not storable; kept as the original text, like garbage
     if ts_ns is None:
         ts_ns = now_ns
         metadata[TS_INVALID_KEY] = True

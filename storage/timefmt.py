@@ -150,8 +150,18 @@ def _fraction_ns(digits: str | None) -> int:
     return int(digits) * 10 ** (9 - len(digits))
 
 
-def _in_range(ts_ns: int) -> int | None:
-    return ts_ns if MIN_TS_NS <= ts_ns <= MAX_TS_NS else None
+class _OutOfRange(Exception):
+    """A well-formed timestamp outside int64 ns; carries the value so callers can say why."""
+
+    def __init__(self, ts_ns: int) -> None:
+        super().__init__(ts_ns)
+        self.ts_ns = ts_ns
+
+
+def _in_range(ts_ns: int) -> int:
+    if MIN_TS_NS <= ts_ns <= MAX_TS_NS:
+        return ts_ns
+    raise _OutOfRange(ts_ns)
 
 
 def _wall_clock_ns(
@@ -270,7 +280,26 @@ def _parse_datetime(value: datetime) -> int | None:
 
 
 def parse_timestamp(value: Any) -> int | None:
-    """ns since the epoch (UTC) of a timestamp in any accepted form, or None when unparsable.
+    """ns since the epoch (UTC) of a timestamp in any accepted form, or None when unparsable or
+    outside the int64 ns range (1677-09-21 .. 2262-04-11)."""
+    try:
+        return _parse_timestamp(value)
+    except _OutOfRange:
+        return None
+
+
+def parse_timestamp_unbounded(value: Any) -> int | None:
+    """Like ``parse_timestamp``, but a well-formed timestamp outside int64 ns comes back as its
+    (out-of-range) ns value, so a caller can tell "year 2999" (too far ahead) from garbage."""
+    try:
+        return _parse_timestamp(value)
+    except _OutOfRange as exc:
+        return exc.ts_ns
+
+
+def _parse_timestamp(value: Any) -> int | None:
+    """ns since the epoch (UTC) of a timestamp in any accepted form, or None when unparsable;
+    raises _OutOfRange for a well-formed timestamp outside int64 ns.
 
     Accepted: ``datetime`` (naive = UTC) and ``date`` (midnight UTC); int / float / Decimal epoch
     numbers and digit strings with the unit chosen by magnitude (abs < 1e11 seconds, < 1e14 ms,
@@ -398,10 +427,8 @@ def parse_time_arg(text: str, *, now_ns: int) -> int:
             # '-15m' and '-15' (seconds) are relative; a duration is tried before a negative epoch
             # because a user typing a minus means "ago" far more often than "before 1970".
             duration_ns = _duration_or_none(relative)
-            if duration_ns is not None:
-                ts_ns = _in_range(now_ns - duration_ns)
-                if ts_ns is not None:
-                    return ts_ns
+            if duration_ns is not None and MIN_TS_NS <= now_ns - duration_ns <= MAX_TS_NS:
+                return now_ns - duration_ns
         ts_ns = parse_timestamp(stripped)
     else:
         ts_ns = parse_timestamp(text)
