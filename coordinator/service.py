@@ -380,15 +380,15 @@ class Service:
                                                          "min_ts", "max_ts")})
             shards.append(entry)
         total = sum(s.get("records") or 0 for s in shards)
-        sealed = [s for s in shards if s.get("min_ts") is not None]
+        stored = [s for s in shards if s.get("min_ts") is not None]
         return {
             "total_logs": total,
             "by_level": dict(sorted(by_level.items(), key=lambda kv: -kv[1])),
             "by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
             "by_tag": dict(sorted(by_tag.items(), key=lambda kv: -kv[1])),
             "bytes_on_disk": sum(s.get("bytes_on_disk") or 0 for s in shards),
-            "oldest": format_timestamp(min(s["min_ts"] for s in sealed)) if sealed else None,
-            "newest": format_timestamp(max(s["max_ts"] for s in sealed)) if sealed else None,
+            "oldest": format_timestamp(min(s["min_ts"] for s in stored)) if stored else None,
+            "newest": format_timestamp(max(s["max_ts"] for s in stored)) if stored else None,
             "shards": shards,
             "partial": bool(failed),
             "data_dir": self.data_dir,

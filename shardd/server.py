@@ -3,7 +3,7 @@
     python -m shardd --shard-id I --data-dir DIR --socket PATH [--parent-pid PID]
 
 Operations (args -> result):
-    ping        {}                                         -> {"shard_id", "pid", "records"}
+    ping        {}                                         -> {"shard_id", "pid"}
     ingest      {"records": [...] | "records_packed": msgpack bytes of that list, "idempotency_key": s?}
                                                            -> {"accepted": n, "duplicate": bool}
     query       {"filter": wire, "sort", "offset", "limit", "after": [ts, id]?, "want_total"}
