@@ -90,17 +90,7 @@ class Daemon:
         return EXIT_OK
 
     async def _start_listeners(self) -> None:
-        socket_path = str(self.datadir.socket_path)
-        try:
-            os.unlink(socket_path)
-        except FileNotFoundError:
-            pass
-        old_umask = os.umask(0o177)
-        try:
-            self._servers.append(await asyncio.start_unix_server(self._rpc_connections, path=socket_path,
-                                                                 limit=protocol.MAX_FRAME_BYTES))
-        finally:
-            os.umask(old_umask)
+        # HTTP and TCP first, the unix socket last: once `ping` answers, every listener is up
         if self.config.http:
             from aiohttp import web
 
@@ -112,6 +102,17 @@ class Daemon:
         if self.config.tcp:
             host, port = self.config.tcp
             self._servers.append(await asyncio.start_server(self._on_tcp, host, port, limit=MAX_TCP_LINE_BYTES))
+        socket_path = str(self.datadir.socket_path)
+        try:
+            os.unlink(socket_path)
+        except FileNotFoundError:
+            pass
+        old_umask = os.umask(0o177)
+        try:
+            self._servers.append(await asyncio.start_unix_server(self._rpc_connections, path=socket_path,
+                                                                 limit=protocol.MAX_FRAME_BYTES))
+        finally:
+            os.umask(old_umask)
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """JSON lines (or plain text lines) over TCP: whatever has arrived is ingested as one batch.

@@ -3,7 +3,8 @@
 Owns one thing: running ``python -m cli.main serve`` on a private, short data dir under /tmp and
 tearing it down whatever happened.  Guarantees:
 
-* ``start()`` returns only once ``ping`` on the daemon's socket reports every shard up, or raises
+* ``start()`` returns only once ``ping`` on the daemon's socket reports every shard up (and the
+  HTTP port, when configured, accepts connections), or raises
   ``AssertionError`` (with the daemon's log) when the process exits first or the deadline passes;
 * the daemon's stdout and stderr go to ``log_path`` (appended across restarts, each start marked),
   and the log is printed when the ``with`` block (or ``logs_on_failure``) sees an exception, so a

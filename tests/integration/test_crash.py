@@ -25,6 +25,8 @@ from tests.integration.daemon import (Daemon, Ingester, check_accounting, proces
 pytestmark = pytest.mark.slow
 
 EXIT_START_FAILED = 3
+#: small blocks sealed soon: seals run all the time, so a kill often lands in the middle of one
+BUSY_SEALER = {"SHARDLOG_BLOCK_RECORDS": "100", "SHARDLOG_SEAL_AFTER": "0.05s"}
 
 
 def restarted(daemon: Daemon, shard_id: int, old_pid: int) -> dict[str, Any] | None:
@@ -39,7 +41,7 @@ def restarted(daemon: Daemon, shard_id: int, old_pid: int) -> dict[str, Any] | N
 
 
 def test_kill_9_of_shards_during_ingest_restarts_them_and_keeps_every_acknowledged_record_once() -> None:
-    with Daemon(shards=2, name="shard-kill") as daemon:
+    with Daemon(shards=2, env=BUSY_SEALER, name="shard-kill") as daemon:
         ingester = Ingester(daemon, batch_records=120, seed=3)
         ingester.start()
         try:
@@ -64,7 +66,7 @@ def test_kill_9_of_shards_during_ingest_restarts_them_and_keeps_every_acknowledg
 
 
 def test_kill_9_of_the_coordinator_under_load_stops_its_shards_and_loses_nothing_acknowledged() -> None:
-    with Daemon(shards=2, name="coordinator-kill") as daemon:
+    with Daemon(shards=2, env=BUSY_SEALER, name="coordinator-kill") as daemon:
         # the client keeps retrying while the daemon is down: keyed batches with the same key
         ingester = Ingester(daemon, batch_records=300, stop_on_unreachable=False, seed=4)
         ingester.start()

@@ -95,6 +95,22 @@ def test_a_config_with_several_problems_names_every_problem_at_once() -> None:
     assert "0.0.0.0" in log and "token" in log, log
 
 
+def test_an_http_port_in_use_stops_the_start_naming_the_address_and_leaves_nothing_behind() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        daemon = Daemon(shards=2, http=f"127.0.0.1:{port}", name="port-taken")
+        with contextlib.closing(daemon):
+            code, log = daemon.run_to_exit()
+            assert code == EXIT_START_FAILED, log
+            assert "cannot start" in log and str(port) in log, log
+            assert "Traceback" not in log, log
+            assert not os.path.exists(daemon.socket_path), "a daemon that failed to start left its socket"
+            wait_for(lambda: not processes_mentioning(str(daemon.data_dir)), 15.0,
+                     "the shards of a daemon that failed to start to exit")
+
+
 @pytest.mark.slow
 def test_sigterm_under_load_exits_cleanly_and_keeps_every_acknowledged_record() -> None:
     with Daemon(shards=2, name="sigterm") as daemon:
