@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from cli import connect as connect_mod
 from cli.main import cli, read_chunks
 from coordinator.config import SOCKET_POINTER, socket_path_for
-from tests.conftest import DaemonProcess
+from tests.daemon import Daemon as DaemonProcess
 
 WIDTH = 100
 

@@ -29,7 +29,8 @@ from coordinator.api import (
 )
 from storage.errors import BadQuery, Overloaded, ShardUnavailable
 from storage.levels import SEVERITY
-from tests.conftest import REPO_ROOT, DaemonProcess
+from tests.daemon import REPO_ROOT
+from tests.daemon import Daemon as DaemonProcess
 
 UTC = timezone.utc
 T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ import pytest
 
 from storage.errors import ShardlogError
 from tests.helpers import process_gone, wait_for
-from tests.integration.daemon import (Daemon, Ingester, check_accounting, processes_mentioning, stored_uids,
+from tests.daemon import (Daemon, Ingester, check_accounting, processes_mentioning, stored_uids,
                                       wait_gone)
 
 pytestmark = pytest.mark.slow

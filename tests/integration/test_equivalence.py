@@ -29,7 +29,7 @@ from storage import query as q
 from storage.record import normalize_record
 from storage.timefmt import format_timestamp
 from tests.helpers import S_NS, T0_NS, QueryGen, RecordGen, seeds_to_run
-from tests.integration.daemon import Daemon
+from tests.daemon import Daemon
 
 pytestmark = pytest.mark.slow
 

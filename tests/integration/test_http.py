@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from storage import query as q
 from storage.errors import BadQuery
-from tests.integration.daemon import Daemon, free_port
+from tests.daemon import Daemon, free_port
 
 MAX_BODY_BYTES = 1024 * 1024
 LOG_FIELDS = {"id", "timestamp", "level", "message", "source", "tags", "metadata", "thread_id", "request_id",

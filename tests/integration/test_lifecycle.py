@@ -21,7 +21,7 @@ import pytest
 
 from shardd import protocol
 from tests.helpers import process_gone, wait_for
-from tests.integration.daemon import Daemon, Ingester, check_accounting, free_port, processes_mentioning, stored_uids
+from tests.daemon import Daemon, Ingester, check_accounting, free_port, processes_mentioning, stored_uids
 
 EXIT_USAGE = 2
 EXIT_START_FAILED = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.integration.daemon import Daemon
+from tests.daemon import Daemon
 
 DAY_NS = 86_400 * 10**9
 

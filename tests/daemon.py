@@ -46,7 +46,7 @@ from shardd.protocol import Client
 from storage.errors import ShardlogError
 from tests.helpers import S_NS, T0_NS, process_gone, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 #: A coordinator and three shards answer ping in ~0.5 s here; the margin covers a loaded 2-core box
 #: running two xdist workers that each start several daemons.
 READY_TIMEOUT_S = 60.0
