@@ -62,7 +62,9 @@ class Service:
         self._inflight = 0
         self._room = asyncio.Condition()
         self._boot = uuid.uuid4().hex[:8]
-        self._ring: deque[tuple[int, dict[str, Any]]] = deque(maxlen=TAIL_RING)
+        #: (sequence number of the batch's last record, batch), oldest first; ~TAIL_RING records
+        self._ring: deque[tuple[int, list[dict[str, Any]]]] = deque()
+        self._ring_records = 0
         self._ring_seq = 0
         self._ring_cond = asyncio.Condition()
         self._shard_inflight = [0] * self.n_shards
@@ -184,25 +186,26 @@ class Service:
         raws: list[Any] = []
         numbers: list[int] = []
         rejected: list[dict[str, Any]] = []
+        loads = orjson.loads
+        json_only = fmt == "jsonl"
         for index, line in enumerate(lines):
             number = first_line + index
-            if isinstance(line, bytes):
-                line = line.decode("utf-8", "replace")
-            if not isinstance(line, str):
+            if not isinstance(line, (bytes, str)):
                 rejected.append({"line": number, "reason": f"line must be text, got {type(line).__name__}"})
                 continue
-            stripped = line.strip()
+            stripped = line.strip()  # orjson parses bytes and str alike: no decoding on the JSON path
             if not stripped:
                 continue
-            if fmt == "jsonl" or (fmt == "auto" and stripped.startswith("{")):
+            if json_only or stripped[:1] in (b"{", "{"):
                 try:
-                    raws.append(orjson.loads(stripped))
+                    raws.append(loads(stripped))
                 except orjson.JSONDecodeError as exc:
                     rejected.append({"line": number, "reason": f"not valid JSON: {exc}; send one JSON object per line"})
                     self.metrics.rejected.labels("json").inc()
                     continue
             else:
-                raws.append({"message": line.rstrip("\r\n")})
+                text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+                raws.append({"message": text.rstrip("\r\n")})
             numbers.append(number)
         return raws, numbers, rejected
 
@@ -222,13 +225,26 @@ class Service:
                                        idempotency_key=args.get("idempotency_key"))
 
     async def _publish(self, records: list[dict[str, Any]]) -> None:
+        """Keep an acknowledged batch for followers (tail -f): one ring entry per batch, numbered by
+        the sequence number of its last record."""
         if not records:
             return
         async with self._ring_cond:
-            for record in records:
-                self._ring_seq += 1
-                self._ring.append((self._ring_seq, record))
+            self._ring_seq += len(records)
+            self._ring.append((self._ring_seq, records))
+            self._ring_records += len(records)
+            while self._ring_records - len(self._ring[0][1]) >= TAIL_RING:
+                self._ring_records -= len(self._ring.popleft()[1])
             self._ring_cond.notify_all()
+
+    def _ring_after(self, after: int) -> list[dict[str, Any]]:
+        """Records of the ring numbered above ``after``, oldest first."""
+        out: list[dict[str, Any]] = []
+        for last_seq, batch in list(self._ring):
+            if last_seq > after:
+                first_seq = last_seq - len(batch) + 1
+                out.extend(batch[max(0, after + 1 - first_seq):])
+        return out
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -339,7 +355,7 @@ class Service:
         wait_s = min(float(params.get("wait_s") or 0), MAX_TAIL_WAIT_S)
         deadline = time.monotonic() + wait_s
         while True:
-            found = [r for s, r in list(self._ring) if s > after and q.matches(node, r)]
+            found = [r for r in self._ring_after(after) if q.matches(node, r)]
             newest = self._ring_seq
             remaining = deadline - time.monotonic()
             if found or remaining <= 0:
@@ -358,8 +374,8 @@ class Service:
         while True:
             async with self._ring_cond:
                 await self._ring_cond.wait_for(lambda: self._ring_seq > after)
-            for seq, record in list(self._ring):
-                if seq > after and q.matches(node, record):
+            for record in self._ring_after(after):
+                if q.matches(node, record):
                     yield to_public(record)
             after = self._ring_seq
 

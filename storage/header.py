@@ -58,3 +58,32 @@ class BlockHeader:
 
     def summary(self) -> dict[str, Any]:
         return {"block_id": self.block_id, "min_ts": self.min_ts, "max_ts": self.max_ts, "count": self.count}
+
+
+class HeaderTotals:
+    """Header counts summed over a set of blocks: ``add`` when a block is sealed, ``remove`` when
+    retention drops it.  Not thread-safe: the store guards it with its state lock."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.levels: dict[str, int] = {}
+        self.sources: dict[str, int] = {}
+        self.tags: dict[str, int] = {}
+
+    def add(self, header: BlockHeader, sign: int = 1) -> None:
+        self.count += sign * header.count
+        for target, counts in ((self.levels, header.levels), (self.sources, header.sources),
+                               (self.tags, header.tags)):
+            for value, n in counts.items():
+                left = target.get(value, 0) + sign * n
+                if left:
+                    target[value] = left
+                else:
+                    target.pop(value, None)
+
+    def remove(self, header: BlockHeader) -> None:
+        self.add(header, -1)
+
+    def by_field(self) -> dict[str, dict[str, int]]:
+        """Copies, keyed as ``Aggregator.add_header_counts`` expects."""
+        return {"level": dict(self.levels), "source": dict(self.sources), "tags": dict(self.tags)}

@@ -395,6 +395,123 @@ def normalize_record(
     Raises ``BadRecord`` (and nothing else) when the record is not a mapping, breaks a limit, or
     is dated more than ``limits.max_future_ns`` after ``now_ns``.
     """
+    if type(raw) is dict and raw.keys() <= _SIMPLE_KEYS:
+        record = _normalize_simple(raw, now_ns, limits)
+        if record is not None:
+            return record
+    return _normalize_general(raw, now_ns, limits)
+
+
+#: keys of the shape most senders use; records with only these keys may take the fast path
+_SIMPLE_KEYS = frozenset(("timestamp", "level", "message", "source", "tags", "metadata", "thread_id",
+                          "request_id", "user_id"))
+
+
+def _simple_text(value: Any, max_bytes: int) -> bool:
+    return type(value) is str and value.isascii() and len(value) <= max_bytes
+
+
+def _normalize_simple(raw: dict[str, Any], now_ns: int, limits: Limits) -> dict[str, Any] | None:
+    """The same result as ``_normalize_general`` for the common shape — canonical keys, ASCII
+    strings within the limits, a flat metadata object of scalars — without its general machinery
+    (the coordinator runs this for every record).  None means "not that shape": take the general path.
+    ``test_record.py`` checks the two paths agree on generated records."""
+    max_field = limits.max_field_bytes
+    message = raw.get("message", "")
+    if not _simple_text(message, limits.max_message_bytes):
+        return None
+    source = raw.get("source", "")
+    if not _simple_text(source, max_field):
+        return None
+    ids = []
+    for name in _ID_FIELDS:
+        value = raw.get(name)
+        if value is not None and not _simple_text(value, max_field):
+            return None
+        ids.append(value or None)
+    tags_value = raw.get("tags")
+    tags: list[str] = []
+    if tags_value is not None:
+        if type(tags_value) is not list:
+            return None
+        for tag in tags_value:
+            if not _simple_text(tag, max_field) or not tag or tag != tag.strip():
+                return None
+        tags = list(dict.fromkeys(tags_value))
+        if len(tags) > limits.max_tags:
+            return None
+    metadata: dict[str, Any] = {}
+    meta_value = raw.get("metadata")
+    if meta_value is not None:
+        if type(meta_value) is not dict or len(meta_value) > limits.max_metadata_keys:
+            return None
+        max_key, max_value = limits.max_key_bytes, limits.max_value_bytes
+        for key, value in meta_value.items():
+            if not _simple_text(key, max_key):
+                return None
+            cls = type(value)
+            if cls is str:
+                if not (value.isascii() and len(value) <= max_value):
+                    return None
+            elif cls is int:
+                if not _INT64_MIN <= value <= _INT64_MAX:
+                    return None
+            elif cls is float:
+                if not math.isfinite(value):
+                    return None
+            elif cls is not bool:
+                if value is None:
+                    continue
+                return None
+            metadata[key] = value
+    level_value = raw.get("level")
+    if level_value is None:
+        if _NESTED_LEVEL_KEY in metadata:
+            return None
+    elif type(level_value) is not str:
+        return None
+    level = normalize_level(level_value)
+    if not _simple_text(level, max_field):
+        return None
+    ts_value = raw.get("timestamp")
+    if ts_value is not None and type(ts_value) is not str:
+        return None
+    ts_ns = _record_time(ts_value, metadata, now_ns, limits)
+    return {
+        "ts_ns": ts_ns,
+        "level": level,
+        "message": message,
+        "source": source,
+        "tags": tags,
+        "metadata": metadata,
+        "thread_id": ids[0],
+        "request_id": ids[1],
+        "user_id": ids[2],
+    }
+
+
+def _record_time(ts_value: Any, metadata: dict[str, Any], now_ns: int, limits: Limits) -> int:
+    """The record's ns timestamp: parsed, or the ingest time with ``_ts_invalid`` (and the original
+    text) in metadata when missing or unparsable; BadRecord when too far in the future."""
+    ts_ns = None if ts_value is None else parse_timestamp_unbounded(ts_value)
+    if ts_ns is not None and ts_ns < MIN_TS_NS:
+        ts_ns = None  # before 1677: not storable; kept as the original text, like garbage
+    if ts_ns is None:
+        metadata[TS_INVALID_KEY] = True
+        if ts_value is not None:
+            original = _scalar_text(ts_value, "timestamp")
+            metadata[TS_ORIGINAL_KEY] = _truncate_utf8(original, limits.max_value_bytes)
+        return now_ns
+    if ts_ns - now_ns > limits.max_future_ns:
+        raise BadRecord(
+            f"timestamp {format_timestamp(ts_ns)} is {_human_duration(ts_ns - now_ns)} in the "
+            f"future; the limit is {_human_duration(limits.max_future_ns)} "
+            "(limits.max_future_ns); fix the sender's clock"
+        )
+    return ts_ns
+
+
+def _normalize_general(raw: Any, now_ns: int, limits: Limits) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise BadRecord(f"record must be a JSON object, got {_type_name(raw)}")
 
@@ -444,21 +561,7 @@ def normalize_record(
             f"{limits.max_metadata_keys} (limits.max_metadata_keys)"
         )
 
-    ts_ns = None if ts_value is None else parse_timestamp_unbounded(ts_value)
-    if ts_ns is not None and ts_ns < MIN_TS_NS:
-        ts_ns = None  # before 1677: not storable; kept as the original text, like garbage
-    if ts_ns is None:
-        ts_ns = now_ns
-        metadata[TS_INVALID_KEY] = True
-        if ts_value is not None:
-            original = _scalar_text(ts_value, "timestamp")
-            metadata[TS_ORIGINAL_KEY] = _truncate_utf8(original, limits.max_value_bytes)
-    elif ts_ns - now_ns > limits.max_future_ns:
-        raise BadRecord(
-            f"timestamp {format_timestamp(ts_ns)} is {_human_duration(ts_ns - now_ns)} in the "
-            f"future; the limit is {_human_duration(limits.max_future_ns)} "
-            "(limits.max_future_ns); fix the sender's clock"
-        )
+    ts_ns = _record_time(ts_value, metadata, now_ns, limits)
 
     return {
         "ts_ns": ts_ns,

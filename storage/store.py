@@ -39,12 +39,12 @@ import msgpack
 
 from storage import layout
 from storage import query as q
-from storage.aggregate import AggSpec, to_wire as aggregate_to_wire
+from storage.aggregate import AggSpec, Aggregator, to_wire as aggregate_to_wire
 from storage.avl import IntervalTree
 from storage.block import MAX_BLOCK_ROWS, SealedBlock, build_block
 from storage.env import Env, make_private_dir, take_owner_lock
 from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, StoreFull
-from storage.header import BlockHeader
+from storage.header import BlockHeader, HeaderTotals
 from storage.search import LruCache, Snapshot, run_aggregate, run_count, run_query
 
 log = logging.getLogger("shardlog.store")
@@ -168,6 +168,9 @@ class Store:
         #: records older than this are expired: hidden from reads at once, their blocks dropped when
         #: wholly expired (a block straddling the cutoff stays until its newest record expires)
         self._retention_cutoff_ns: int | None = None
+        #: header counts summed over every sealed block (kept with _headers under _state_lock), so an
+        #: aggregation over everything by level/source/tag costs the same at any data size
+        self._totals = HeaderTotals()
         self._load()
         self._queue: queue.Queue[_Task] = queue.Queue()  # ingest batches, for the writer
         self._maintenance: queue.Queue[_Task] = queue.Queue()  # flush / retention / stop, for the sealer
@@ -198,6 +201,7 @@ class Store:
                 if header.block_id != layout.read_u64(key):
                     raise CorruptData(f"block header under key {key.hex()} claims id {header.block_id}")
                 self._headers[header.block_id] = header
+                self._totals.add(header)
                 items.append((header.min_ts, header.max_ts, header.block_id))
             for key, value in txn.cursor(db=self._dbs[layout.DB_BLOOMS]):
                 self._blooms[layout.read_u64(key)] = bytes(value)
@@ -452,6 +456,7 @@ class Store:
         self._tail_records -= count
         self._tail_since = time.monotonic()
         self._headers[header.block_id] = header
+        self._totals.add(header)
         self._blooms[header.block_id] = sealed.bloom
         self._tree.insert(header.min_ts, header.max_ts, header.block_id)
 
@@ -469,7 +474,9 @@ class Store:
             with self._state_lock:
                 for min_ts, _, block_id in batch:
                     self._tree.remove(min_ts, block_id)
-                    dropped_records += self._headers.pop(block_id).count
+                    header = self._headers.pop(block_id)
+                    self._totals.remove(header)
+                    dropped_records += header.count
                     self._blooms.pop(block_id, None)
 
             def fill(txn: lmdb.Transaction) -> None:
@@ -555,34 +562,53 @@ class Store:
 
     def aggregate(self, node: q.Node, spec: AggSpec) -> dict[str, Any]:
         """A partial aggregation state in wire form (merge with ``storage.aggregate``)."""
+        if isinstance(node, q.MatchAll) and spec.header_only and spec.interval_ns is None:
+            agg = Aggregator(spec)
+            with self._state_lock:
+                whole = self._everything_visible()
+                if whole:
+                    agg.add_header_counts(self._totals.count, self._totals.by_field(), None)
+                    tail = [r for entry in self._tail for r in entry.records[entry.start:]]
+            if whole:
+                for record in tail:
+                    agg.add_record(record)
+                return aggregate_to_wire(agg.partial)
         node = self._visible(node)
         agg = run_aggregate(self._env.read, self._dbs, self._cache, self._snapshot(node), node, spec)
         return aggregate_to_wire(agg.partial)
 
+    def _everything_visible(self) -> bool:
+        """No sealed record is hidden by retention (call under _state_lock): then the running header
+        totals are exactly the sealed part of a query over everything.  The tree is keyed by min_ts,
+        so its first item is the oldest record of any block (O(log n))."""
+        cutoff = self._retention_cutoff_ns
+        if cutoff is None or not self._headers:
+            return True
+        return next(iter(self._tree))[0] >= cutoff
+
     def stats(self) -> dict[str, Any]:
+        """What the store holds (stored records, including any retention hides but has not dropped)."""
         with self._state_lock:
-            headers = list(self._headers.values())
+            totals = self._totals.by_field()
+            sealed = self._totals.count
+            blocks = len(self._headers)
+            min_ts = next(iter(self._tree))[0] if self._headers else None
+            max_ts = max((h.max_ts for h in self._headers.values()), default=None)
             tail = [r for entry in self._tail for r in entry.records[entry.start:]]
-        levels: dict[str, int] = {}
-        sources: dict[str, int] = {}
-        tags: dict[str, int] = {}
-        for header in headers:
-            for target, counts in ((levels, header.levels), (sources, header.sources), (tags, header.tags)):
-                for key, n in counts.items():
-                    target[key] = target.get(key, 0) + n
+        levels, sources, tags = totals["level"], totals["source"], totals["tags"]
         for record in tail:
             levels[record["level"]] = levels.get(record["level"], 0) + 1
             sources[record["source"]] = sources.get(record["source"], 0) + 1
             for tag in record["tags"]:
                 tags[tag] = tags.get(tag, 0) + 1
-        sealed = sum(h.count for h in headers)
+        tail_ts = [r["ts_ns"] for r in tail]
         return {
             "records": sealed + len(tail),
             "sealed_records": sealed,
             "unsealed_records": len(tail),
-            "blocks": len(headers),
-            "min_ts": min([h.min_ts for h in headers] + [r["ts_ns"] for r in tail], default=None),
-            "max_ts": max([h.max_ts for h in headers] + [r["ts_ns"] for r in tail], default=None),
+            "blocks": blocks,
+            "min_ts": min([t for t in (min_ts,) if t is not None] + tail_ts, default=None),
+            "max_ts": max([t for t in (max_ts,) if t is not None] + tail_ts, default=None),
             "bytes_on_disk": self._env.bytes_on_disk(),
             "map_size_bytes": self._env.map_size_bytes,
             "pending_records": self._pending_records,

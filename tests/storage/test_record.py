@@ -659,3 +659,50 @@ def test_flattening_matches_oracle(raw: dict[str, Any]) -> None:
     # Keys start with "k" and hold no dots, so flattened names cannot collide or hit an alias.
     record = norm({"ts": 0, **raw})
     assert record["metadata"] == flatten_oracle(raw)
+
+
+# --- the fast path for the common shape agrees with the general path --------------------------------
+
+from storage.record import _normalize_general, _normalize_simple  # noqa: E402
+
+_ascii = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+_simple_scalar = st.one_of(_ascii, st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False),
+                           st.booleans(), st.none())
+_simple_raw = st.fixed_dictionaries({}, optional={
+    "timestamp": st.one_of(st.none(), st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01 12:00:00.5",
+                                                       "1700000000", "garbage", "", "3000-01-01T00:00:00Z"])),
+    "level": st.one_of(st.none(), st.sampled_from(["info", "WARNING", "err", "custom", " debug ", "", "5"])),
+    "message": st.one_of(_ascii, st.none(), st.integers()),
+    "source": st.one_of(_ascii, st.none()),
+    "tags": st.one_of(st.none(), st.lists(st.one_of(_ascii, st.sampled_from([" a", "b ", ""])), max_size=4)),
+    "metadata": st.one_of(st.none(), st.dictionaries(st.one_of(_ascii, st.just("log.level")), _simple_scalar,
+                                                     max_size=4)),
+    "thread_id": st.one_of(_ascii, st.none()),
+    "request_id": st.one_of(_ascii, st.none()),
+    "user_id": st.one_of(_ascii, st.none()),
+})
+
+
+@given(_simple_raw)
+@settings(max_examples=400, deadline=None)
+def test_the_fast_path_agrees_with_the_general_path(raw: dict) -> None:
+    now_ns = 1_710_000_000 * 10**9  # 2024-03: some sampled timestamps are past, one is far ahead
+    try:
+        general = _normalize_general(raw, now_ns, DEFAULT_LIMITS)
+    except BadRecord:
+        general = "rejected"
+    try:
+        fast = _normalize_simple(raw, now_ns, DEFAULT_LIMITS)
+    except BadRecord:
+        fast = "rejected"
+    if fast is not None:  # None: the fast path declined, the general path decides
+        assert fast == general, raw
+
+
+def test_the_fast_path_takes_the_common_shape() -> None:
+    raw = {"timestamp": "2024-01-01T00:00:00Z", "level": "error", "message": "db timeout", "source": "api",
+           "tags": ["a", "b", "a"], "metadata": {"host": "web-1", "ms": 12, "ok": True}, "request_id": "r1"}
+    fast = _normalize_simple(raw, 1_710_000_000 * 10**9, DEFAULT_LIMITS)
+    assert fast is not None
+    assert fast == _normalize_general(raw, 1_710_000_000 * 10**9, DEFAULT_LIMITS)
+    assert fast["tags"] == ["a", "b"] and fast["level"] == "ERROR"

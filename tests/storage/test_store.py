@@ -520,3 +520,45 @@ def test_close_right_after_a_large_ingest_returns(tmp: Path) -> None:
         assert _ids(store) == list(range(1, 2_001))
     finally:
         close_store(store)
+
+
+def test_aggregations_over_everything_use_running_totals_that_stay_exact(tmp: Path) -> None:
+    """Group-by over everything is answered from running header totals: they must follow sealing,
+    retention (including a block that retention only partly hides) and a restart."""
+    from storage.aggregate import AggSpec, finalize, from_wire
+
+    spec = AggSpec(group_by="level", top=(("tags", 3), ("source", 5)))
+
+    def answer(store: Store) -> dict:
+        return finalize(from_wire(store.aggregate(q.MatchAll(), spec)), spec)
+
+    def oracle(records: list[dict]) -> dict:
+        from storage.aggregate import Aggregator
+
+        agg = Aggregator(spec)
+        for record in records:
+            agg.add_record(record)
+        return finalize(agg.partial, spec)
+
+    records = [make_record(i, T0_NS + i * S_NS, level=["INFO", "WARN", "ERROR"][i % 3], source=f"s{i % 4}",
+                           tags=[f"t{i % 5}"]) for i in range(1, 101)]
+    store = Store(tmp / "s", StoreConfig(block_records=16, seal_after_s=3_600.0))
+    try:
+        store.ingest(records[:50])
+        assert answer(store) == oracle(records[:50])  # all in the tail
+        store.flush()
+        store.ingest(records[50:])
+        assert answer(store) == oracle(records)  # blocks + tail
+        # records 1-16 form the first block: a cutoff at record 17 drops it whole and hides nothing else
+        boundary = T0_NS + 17 * S_NS
+        assert store.drop_before(boundary)["dropped_records"] == 16
+        assert answer(store) == oracle([r for r in records if r["ts_ns"] >= boundary])
+        cutoff = T0_NS + 40 * S_NS + S_NS // 2  # inside a block: retention hides part of it
+        store.drop_before(cutoff)
+        assert answer(store) == oracle([r for r in records if r["ts_ns"] >= cutoff])
+        store.flush()
+        close_store(store)
+        store = Store(tmp / "s", StoreConfig(block_records=16, seal_after_s=3_600.0))
+        assert answer(store) == oracle([r for r in records if r["ts_ns"] >= cutoff])
+    finally:
+        close_store(store)
