@@ -114,6 +114,10 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     log_level: str = "INFO"
     socket_path: Path | None = None
+    #: [[alerts]] tables: rules (re)defined at every start, kept with those added at run time
+    alert_rules: tuple[dict[str, Any], ...] = ()
+    #: [notify]: webhook = [urls], alertmanager = url, exec = command
+    notify: dict[str, Any] = field(default_factory=dict)
 
     @property
     def socket(self) -> Path:
@@ -126,7 +130,9 @@ _INT_KEYS = ("shards", "max_batch_records", "max_body_bytes", "max_inflight_reco
              "max_store_bytes")
 _ADDR_KEYS = ("http", "tcp", "syslog")
 _TEXT_KEYS = ("data_dir", "token", "log_level", "socket")
-KNOWN_KEYS = set(_DURATION_KEYS) | set(_INT_KEYS) | set(_ADDR_KEYS) | set(_TEXT_KEYS) | {"limits"}
+#: tables/arrays only the config file can give
+_FILE_ONLY_KEYS = {"limits", "alerts", "notify"}
+KNOWN_KEYS = set(_DURATION_KEYS) | set(_INT_KEYS) | set(_ADDR_KEYS) | set(_TEXT_KEYS) | _FILE_ONLY_KEYS
 
 
 def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
@@ -148,7 +154,7 @@ def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mappi
                 problems.append(f"unknown key {key!r} in {config_file}; known keys: {', '.join(sorted(KNOWN_KEYS))}")
             else:
                 raw[key] = value
-    for key in KNOWN_KEYS - {"limits"}:
+    for key in KNOWN_KEYS - _FILE_ONLY_KEYS:
         value = env.get("SHARDLOG_" + key.upper())
         if value is not None:
             raw[key] = value
@@ -193,6 +199,10 @@ def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mappi
                 if unknown:
                     raise ValueError(f"unknown [limits] keys {sorted(unknown)}; known: {sorted(known)}")
                 values["limits"] = Limits(**{k: int(v) for k, v in value.items()})
+            elif key == "alerts":
+                values["alert_rules"] = _alert_rules(value)
+            elif key == "notify":
+                values["notify"] = _notify(value)
         except (ValueError, TypeError, ShardlogError) as exc:
             problems.append(str(getattr(exc, "message", exc)))
 
@@ -202,6 +212,37 @@ def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mappi
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems), problems=problems)
     return config
+
+
+def _alert_rules(value: Any) -> tuple[dict[str, Any], ...]:
+    from coordinator.alerts import Rule  # pure module; imported here to keep config light
+
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValueError("alerts must be an array of tables: [[alerts]] name = ... query = ...")
+    problems = []
+    for rule in value:
+        try:
+            Rule.from_dict(rule)
+        except ShardlogError as exc:
+            problems.append(f"[[alerts]] {rule.get('name', '?')!r}: {exc.message}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(value)
+
+
+def _notify(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("[notify] must be a table with webhook, alertmanager and/or exec")
+    unknown = set(value) - {"webhook", "alertmanager", "exec", "timeout", "retries"}
+    if unknown:
+        raise ValueError(f"unknown [notify] keys {sorted(unknown)}; known: alertmanager, exec, retries, timeout, webhook")
+    webhooks = value.get("webhook", [])
+    if isinstance(webhooks, str):
+        webhooks = [webhooks]
+    for url in list(webhooks) + ([value["alertmanager"]] if value.get("alertmanager") else []):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"[notify] URL {url!r} must start with http:// or https://")
+    return {**value, "webhook": list(webhooks)}
 
 
 def validate(config: Config) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any
 from coordinator.config import Config, ConfigError, load_config
 from coordinator.datadir import DataDir, open_datadir
 from coordinator.http import HttpApi
+from coordinator.alert_service import AlertService
 from coordinator.metrics import Metrics
 from coordinator.service import Service
 from coordinator.supervisor import Supervisor
@@ -50,6 +51,8 @@ class Daemon:
         http_address = f"{config.http[0]}:{config.http[1]}" if config.http else None
         self.service = Service(config, self.supervisor, self.metrics, data_dir=str(datadir.path),
                                http_address=http_address)
+        self.alerts: AlertService | None = None
+        self._state: Any = None
         self.stop_requested = asyncio.Event()
         self._servers: list[asyncio.base_events.Server] = []
         self._rpc_connections = protocol.ConnectionSet(self.service.handle_rpc)
@@ -70,7 +73,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig.name)
         try:
+            self._start_alerting()  # before the shards start: each gets the rules before any record
             await self.supervisor.start()
+            if self.alerts is not None:
+                await self.alerts.rebuild()
+                self.alerts.start()
             await self._start_listeners()
         except (ShardlogError, OSError) as exc:
             log.error("cannot start: %s", getattr(exc, "message", exc))
@@ -88,6 +95,21 @@ class Daemon:
         await self.stop_requested.wait()
         await self._shutdown()
         return EXIT_OK
+
+    def _start_alerting(self) -> None:
+        """Open the state store (rules, their state, alert history), load the config file's rules,
+        and hook alerting into ingest and the RPC ops."""
+        from coordinator.alerts import AlertEngine, Rule
+        from coordinator.notify import build_notifiers
+        from storage.state import StateStore
+
+        self._state = StateStore(self.datadir.path / "state")
+        engine = AlertEngine(self._state)
+        for rule in self.config.alert_rules:
+            engine.add_rule(Rule.from_dict(rule), replace=True)
+        notifiers = build_notifiers(self.config.notify, self.metrics)
+        self.alerts = AlertService(engine, self.supervisor, self.metrics, notifiers)
+        self.service.attach_alerts(self.alerts)
 
     async def _start_listeners(self) -> None:
         # HTTP and TCP first, the unix socket last: once `ping` answers, every listener is up
@@ -174,8 +196,14 @@ class Daemon:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while self.service._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        # 3. stop the shards (each finishes its queued commits first)
+        # 3. stop the shards (each finishes its queued commits first), then alerting and its store
         await self.supervisor.stop()
+        if self.alerts is not None:
+            await self.alerts.stop()
+            for notifier in self.alerts.notifiers:
+                await notifier.close()
+        if self._state is not None:
+            self._state.close()
         try:
             os.unlink(self.datadir.socket_path)
         except FileNotFoundError:

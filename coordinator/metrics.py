@@ -36,6 +36,11 @@ class Metrics:
                                       registry=r)
         self.bytes_on_disk = Gauge("shardlog_bytes_on_disk", "Allocated bytes of the shards' stores.", ["shard"],
                                    registry=r)
+        self.alerts_fired = Counter("shardlog_alerts_fired", "Alerts fired, by rule and severity.",
+                                    ["rule", "severity"], registry=r)
+        self.rules_firing = Gauge("shardlog_alert_rules_firing", "Alert rules (groups) firing now.", registry=r)
+        self.notification_failures = Counter("shardlog_notification_failures",
+                                             "Alert notifications that failed, by channel.", ["channel"], registry=r)
         self.logs_total = Gauge("shardlog_logs_total", "Logs stored.", registry=r)
         self.logs_by_level = Gauge("shardlog_logs_by_level", "Logs stored by level.", ["level"], registry=r)
         self.logs_by_source = Gauge("shardlog_logs_by_source", "Logs stored by source.", ["source"], registry=r)

@@ -68,6 +68,7 @@ class Service:
         self._ring_seq = 0
         self._ring_cond = asyncio.Condition()
         self._shard_inflight = [0] * self.n_shards
+        self.alerts: Any = None
         self._rpc: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.ping, "ingest": self._rpc_ingest, "ingest_lines": self._rpc_ingest_lines,
             "query": self.query, "count": self.count, "aggregate": self.aggregate, "tail": self.tail,
@@ -145,6 +146,8 @@ class Service:
                 if isinstance(result, BaseException):
                     self.metrics.requests.labels("ingest", "error").inc()
                     raise result
+            if self.alerts is not None:
+                self.alerts.observe(results)
         finally:
             await self._release(len(raws))
         self.metrics.ingested.inc(len(records))
@@ -153,7 +156,7 @@ class Service:
         await self._publish(records)
         return {"accepted": len(records), "rejected": rejected}
 
-    async def _ingest_shard(self, shard_id: int, records: list[dict[str, Any]], key: str) -> None:
+    async def _ingest_shard(self, shard_id: int, records: list[dict[str, Any]], key: str) -> Any:
         """Send one shard its part; if the shard dies meanwhile, wait for its restart and resend the same
         keyed frame (the shard stores it at most once) until the ingest deadline."""
         deadline = time.monotonic() + self.config.ingest_timeout_s
@@ -166,11 +169,10 @@ class Service:
                 self._shard_inflight[shard_id] += 1
                 self.metrics.shard_queue.labels(str(shard_id)).set(self._shard_inflight[shard_id])
                 try:
-                    await client.call("ingest", args, timeout_s=max(0.1, remaining))
+                    return await client.call("ingest", args, timeout_s=max(0.1, remaining))
                 finally:
                     self._shard_inflight[shard_id] -= 1
                     self.metrics.shard_queue.labels(str(shard_id)).set(self._shard_inflight[shard_id])
-                return
             except ShardUnavailable:
                 if time.monotonic() >= deadline or self.supervisor.slots[shard_id].boot_failed:
                     raise ShardUnavailable(f"shard {shard_id} did not store the batch within "
@@ -444,6 +446,11 @@ class Service:
                 "http": self.http_address, "ready": self.supervisor.all_up()}
 
     # --- RPC ---------------------------------------------------------------------------------
+
+    def attach_alerts(self, alerts: Any) -> None:
+        """Alerting (coordinator.alert_service.AlertService): ingest acks feed it, its ops join the RPC."""
+        self.alerts = alerts
+        self._rpc.update(alerts.ops)
 
     async def handle_rpc(self, op: str, args: dict[str, Any]) -> Any:
         method = self._rpc.get(op)

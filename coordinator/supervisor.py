@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 from coordinator.datadir import DataDir
 from shardd.protocol import AsyncClient
@@ -59,6 +59,8 @@ class Supervisor:
         self._args = ["--block-records", str(block_records), "--seal-after-s", str(seal_after_s),
                       "--max-store-bytes", str(max_store_bytes), "--log-level", log_level]
         self._on_change = on_change
+        #: awaited with a new shard connection after ping and before the shard is routed to
+        self.prepare: Callable[[AsyncClient], Awaitable[None]] | None = None
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
 
@@ -132,6 +134,9 @@ class Supervisor:
             try:
                 client = await AsyncClient.connect(str(slot.socket_path))
                 await client.call("ping", {}, timeout_s=PING_TIMEOUT_S)
+                if self.prepare is not None:
+                    # e.g. the alert rules: a shard counts them before it gets any record
+                    await self.prepare(client)
             except (ShardlogError, OSError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)

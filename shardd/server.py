@@ -14,6 +14,12 @@ Operations (args -> result):
     retention   {"cutoff_ns": int}                         -> {"dropped_blocks", "dropped_records"}
     flush       {}                                         -> {}      (seal the tail into blocks)
     shutdown    {}                                         -> {}      (then the process exits 0)
+    set_rules   {"rules": [RuleSpec wire, ...]}           -> {"rules": n}  (alert rules to count)
+    rule_counts {"rule": RuleSpec wire, "from_ns", "to_ns"}
+                                                           -> {"counts": [[second, group, n]], "samples": [...]}
+
+An ingest acknowledgement also carries ``"alerts": {rule_id: {"counts", "samples"}}`` for the active
+rules that matched records of the batch (storage.rule_match), unless the batch was a duplicate.
 
 Exit codes: 0 after shutdown / SIGTERM / parent gone; ``EXIT_BOOT_FAILURE`` (78) when the store cannot
 be opened (bad dir, foreign format, lock held): the coordinator stops restarting on it.
@@ -37,6 +43,7 @@ from shardd import protocol
 from storage import query as q
 from storage.aggregate import AggSpec
 from storage.errors import BadRequest, ShardlogError
+from storage.rule_match import RuleSet, RuleSpec
 from storage.store import Store, StoreConfig, check_records
 
 log = logging.getLogger("shardlog.shardd")
@@ -45,6 +52,8 @@ EXIT_OK = 0
 #: EX_CONFIG from sysexits.h: the store cannot be opened; restarting will not help
 EXIT_BOOT_FAILURE = 78
 PARENT_POLL_S = 1.0
+#: at most this many stored records are counted when rebuilding one rule's window
+RULE_COUNT_ROWS = 100_000
 
 
 def _int_arg(args: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -63,6 +72,7 @@ class ShardServer:
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"shard{shard_id}-read")
         self.stopping = asyncio.Event()
         self._connections = protocol.ConnectionSet(self.handle)
+        self.rules = RuleSet()
 
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -81,7 +91,13 @@ class ShardServer:
             key = args.get("idempotency_key")
             if key is not None and not isinstance(key, str):
                 raise BadRequest(f"idempotency_key must be a string, got {type(key).__name__}")
-            return await asyncio.wrap_future(self.store.submit(records, key, packed=packed))
+            future = self.store.submit(records, key, packed=packed)
+            # count alert-rule matches while the writer commits; they ride back on the ack
+            counts = self.rules.count(records) if len(self.rules) else {}
+            result = await asyncio.wrap_future(future)
+            if counts and not result.get("duplicate"):
+                result = dict(result, alerts=counts)
+            return result
         if op == "query":
             node = q.from_wire(args.get("filter", ["all"]))
             sort = args.get("sort", "desc")
@@ -113,11 +129,31 @@ class ShardServer:
         if op == "flush":
             await loop.run_in_executor(None, self.store.flush)
             return {}
+        if op == "set_rules":
+            specs = args.get("rules")
+            if not isinstance(specs, list):
+                raise BadRequest(f"rules must be a list, got {type(specs).__name__}")
+            self.rules = RuleSet([RuleSpec.from_wire(spec) for spec in specs])
+            return {"rules": len(self.rules)}
+        if op == "rule_counts":
+            spec = RuleSpec.from_wire(args.get("rule"))
+            lo = _int_arg(args, "from_ns", 0, -(1 << 63), (1 << 63) - 1)
+            hi = _int_arg(args, "to_ns", 0, -(1 << 63), (1 << 63) - 1)
+            return await loop.run_in_executor(self.readers, self._rule_counts, spec, lo, hi)
         if op == "shutdown":
             loop.call_soon(self.stopping.set)
             return {}
         raise BadRequest(f"unknown operation {op!r}; expected one of ping, ingest, query, count, aggregate, "
-                         "stats, retention, flush, shutdown")
+                         "stats, retention, flush, set_rules, rule_counts, shutdown")
+
+    def _rule_counts(self, spec: RuleSpec, from_ns: int, to_ns: int) -> dict[str, Any]:
+        """Per-second counts of one rule over stored records in [from_ns, to_ns) (rebuilding the
+        coordinator's alert windows after a restart)."""
+        node = q.and_nodes(spec.node, q.TimeRange(from_ns, to_ns))
+        found = self.store.query(node, sort="desc", limit=RULE_COUNT_ROWS, want_total=False)["rows"]
+        counted = RuleSet([RuleSpec(spec.rule_id, q.MatchAll(), spec.group_by)]).count(found)
+        part = counted.get(spec.rule_id, {"counts": [], "samples": []})
+        return {"counts": part["counts"], "samples": part["samples"], "truncated": len(found) == RULE_COUNT_ROWS}
 
     async def _watch_parent(self) -> None:
         while not self.stopping.is_set():
