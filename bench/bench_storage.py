@@ -122,8 +122,10 @@ class ShardlogEngine:
         # Imported here so the SQLite child never loads LMDB (and the parent never needs it).
         from storage import query as q
         from storage.aggregate import AggSpec, finalize, from_wire
+        from storage.gctune import tune_gc
         from storage.store import Store
 
+        tune_gc()  # as the shard process (shardd) runs the store
         self.q = q
         self.AggSpec = AggSpec
         self.finalize = finalize

@@ -2,7 +2,7 @@
 
 Start: build the config (flags > env > file), open the data dir (manifest, single-instance lock),
 start and ping every shard, then open the listeners: the unix socket (RPC for the CLI and the Python
-API, 0600 in a 0700 dir), HTTP (127.0.0.1 by default), and optionally TCP JSON lines.
+API, 0600 in a 0700 dir), HTTP (127.0.0.1 by default), and optionally TCP JSON lines and syslog (TCP+UDP).
 
 Stop (SIGTERM / SIGINT; a second one forces exit): the signal handler only sets a flag.  Then, in
 order: close the listeners so nothing new arrives; wait for in-flight ingests to be acknowledged
@@ -29,6 +29,7 @@ from coordinator.service import Service
 from coordinator.supervisor import Supervisor
 from shardd import protocol
 from storage.errors import ShardlogError
+from storage.gctune import tune_gc
 
 log = logging.getLogger("shardlog.daemon")
 
@@ -57,6 +58,7 @@ class Daemon:
         self._servers: list[asyncio.base_events.Server] = []
         self._rpc_connections = protocol.ConnectionSet(self.service.handle_rpc)
         self._http_runner: Any = None
+        self._syslog: Any = None  # coordinator.syslog_listener.SyslogListener when --syslog is set
         self._background: list[asyncio.Task] = []
         self._signals = 0
 
@@ -124,6 +126,11 @@ class Daemon:
         if self.config.tcp:
             host, port = self.config.tcp
             self._servers.append(await asyncio.start_server(self._on_tcp, host, port, limit=MAX_TCP_LINE_BYTES))
+        if self.config.syslog:
+            from coordinator.syslog_listener import SyslogListener
+
+            self._syslog = SyslogListener(self.service, *self.config.syslog)
+            await self._syslog.start()
         socket_path = str(self.datadir.socket_path)
         try:
             os.unlink(socket_path)
@@ -187,6 +194,8 @@ class Daemon:
         # 1. stop accepting: close listeners (established connections finish their current request)
         for server in self._servers:
             server.close()
+        if self._syslog is not None:
+            await self._syslog.close()  # batches being stored finish first (bounded)
         await self._rpc_connections.close()  # running requests are answered first
         if self._http_runner is not None:
             await self._http_runner.cleanup()
@@ -230,6 +239,7 @@ def serve_main(flags: dict[str, Any]) -> int:
         print(f"shardlog: cannot use data dir {config.data_dir}: {exc.strerror}; check the path and permissions",
               file=sys.stderr)
         return EXIT_START_FAILED
+    tune_gc()
     try:
         import uvloop
 

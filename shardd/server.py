@@ -43,6 +43,7 @@ from shardd import protocol
 from storage import query as q
 from storage.aggregate import AggSpec
 from storage.errors import BadRequest, ShardlogError
+from storage.gctune import tune_gc
 from storage.rule_match import RuleSet, RuleSpec
 from storage.store import Store, StoreConfig, check_records
 
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         _set_parent_death_signal()
         if os.getppid() != ns.parent_pid:
             return EXIT_OK  # the parent died before we got here
+    tune_gc()
     try:
         config = StoreConfig(block_records=ns.block_records, seal_after_s=ns.seal_after_s,
                              max_store_bytes=ns.max_store_bytes)
