@@ -86,7 +86,7 @@ def candidates(node: q.Node, view: BlockView) -> tuple[int, bool]:
         return _term(term, view, counts, node.value)
     if isinstance(node, q.And):
         bits, exact = all_rows(n), True
-        for child in sorted(node.children, key=_cost):
+        for child in node.children:  # ordered cheapest first by prepare()
             child_bits, child_exact = candidates(child, view)
             bits &= child_bits
             exact = exact and child_exact
@@ -130,6 +130,31 @@ def candidates(node: q.Node, view: BlockView) -> tuple[int, bool]:
     if isinstance(node, (q.Prefix, q.Substring, q.Regex)):
         return all_rows(n), False
     raise TypeError(f"unknown query node {node!r}")
+
+
+def prepare(node: q.Node) -> q.Node:
+    """The tree to evaluate on every block of one query: AND children ordered so selective,
+    index-answered terms come first (done once per query, not once per block)."""
+    if isinstance(node, q.And):
+        return q.And(tuple(sorted((prepare(c) for c in node.children), key=_cost)))
+    if isinstance(node, q.Or):
+        return q.Or(tuple(prepare(c) for c in node.children))
+    if isinstance(node, q.Not):
+        return q.Not(prepare(node.child))
+    return node
+
+
+def header_answerable(node: q.Node) -> bool:
+    """Whether ``search.header_count`` can ever answer for this tree (no message terms etc.)."""
+    if isinstance(node, (q.MatchAll, q.MinSeverity, q.TimeRange)):
+        return True
+    if isinstance(node, q.Field):
+        return node.name in ("level", "source", "tag")
+    if isinstance(node, q.Not):
+        return header_answerable(node.child)
+    if isinstance(node, q.And):
+        return all(header_answerable(c) for c in node.children)
+    return False
 
 
 def _cost(node: q.Node) -> int:

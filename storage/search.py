@@ -29,7 +29,7 @@ from storage.block import decode_column
 from storage.errors import BadQuery
 from storage.header import BlockHeader
 from storage.levels import severity
-from storage.planner import block_filter, matching_rows
+from storage.planner import block_filter, header_answerable, matching_rows, prepare
 from storage.postings import decode_postings, row_range, rows_of
 
 #: a page deeper than this must use the cursor (search_after) instead of an offset
@@ -89,16 +89,19 @@ class Snapshot:
 class View:
     """``storage.planner.BlockView`` over one block inside one read transaction."""
 
-    __slots__ = ("header", "_txn", "_dbs", "_cache", "_bloom", "_hashes")
+    __slots__ = ("header", "_txn", "_dbs", "_cache", "_bloom", "_hashes", "_present")
 
     def __init__(self, header: BlockHeader, txn: lmdb.Transaction, dbs: dict[bytes, Any],
-                 cache: LruCache, bloom: bytes | None, hashes: dict[str, tuple[int, int]]) -> None:
+                 cache: LruCache, bloom: bytes | None, hashes: dict[str, tuple[int, int]],
+                 present: frozenset[str] = frozenset()) -> None:
         self.header = header
         self._txn = txn
         self._dbs = dbs
         self._cache = cache
         self._bloom = bloom
         self._hashes = hashes
+        #: terms the prefilter already found in this block's bloom filter
+        self._present = present
 
     def postings(self, term: str) -> int | None:
         cache_key = (self.header.block_id, term)
@@ -112,7 +115,7 @@ class View:
         return bits or None
 
     def may_contain(self, term: str) -> bool:
-        if self._bloom is None:
+        if self._bloom is None or term in self._present:
             return True
         hashes = self._hashes.get(term)
         if hashes is None:
@@ -157,12 +160,14 @@ class View:
 # --- skipping blocks without reading them ----------------------------------------------------------
 
 
-def prefilter(snap: Snapshot, node: q.Node, hashes: dict[str, tuple[int, int]]) -> list[BlockHeader]:
-    """The snapshot's blocks that may hold a match, judged by header counts and in-memory blooms only:
-    for a rare term this loop, not LMDB, is the whole cost of a query."""
+def prefilter(snap: Snapshot, node: q.Node, hashes: dict[str, tuple[int, int]]
+              ) -> tuple[list[BlockHeader], frozenset[str]]:
+    """The snapshot's blocks that may hold a match, judged by header counts and in-memory blooms only
+    (for a rare term this loop, not LMDB, is the whole cost of a query), and the bloom terms every
+    kept block was found to hold (so evaluation does not ask the bloom filter again)."""
     terms, fields = block_filter(node)
     if not terms and not fields:
-        return snap.blocks
+        return snap.blocks, frozenset()
     probes = []
     for term in terms:
         h = hashes.get(term)
@@ -178,7 +183,7 @@ def prefilter(snap: Snapshot, node: q.Node, hashes: dict[str, tuple[int, int]]) 
         if bloom is not None and probes and not all(bloom_may_contain(bloom, h) for h in probes):
             continue
         kept.append(header)
-    return kept
+    return kept, frozenset(terms)
 
 
 # --- header-only answers ----------------------------------------------------------------------------
@@ -287,7 +292,10 @@ def run_query(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, d
                 offer(record["ts_ns"], record["id"], ("tail", record))
 
     hashes: dict[str, tuple[int, int]] = {}
-    blocks = sorted(prefilter(snap, node, hashes), key=(lambda h: -h.max_ts) if desc else (lambda h: h.min_ts))
+    candidates, present = prefilter(snap, node, hashes)
+    blocks = sorted(candidates, key=(lambda h: -h.max_ts) if desc else (lambda h: h.min_ts))
+    node = prepare(node)
+    by_header = header_answerable(node)
     picked: dict[int, tuple[View, list[int]]] = {}
     with env_read() as txn:
         for header in blocks:
@@ -297,9 +305,9 @@ def run_query(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, d
                 break
             if after is not None and (header.min_ts > after[0] if desc else header.max_ts < after[0]):
                 continue
-            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes)
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
-                if after is None and not can_contribute:
+                if after is None and not can_contribute and by_header:
                     c = header_count(node, header)
                     if c is not None:
                         total += c
@@ -337,13 +345,16 @@ def run_query(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, d
 def run_count(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node) -> int:
     total = sum(1 for record in snap.tail if q.matches(node, record))
     hashes: dict[str, tuple[int, int]] = {}
+    blocks, present = prefilter(snap, node, hashes)
+    node = prepare(node)
+    by_header = header_answerable(node)
     with env_read() as txn:
-        for header in prefilter(snap, node, hashes):
-            c = header_count(node, header)
+        for header in blocks:
+            c = header_count(node, header) if by_header else None
             if c is not None:
                 total += c
                 continue
-            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes)
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
                 total += matching_rows(node, view).bit_count()
             except BlockGone:
@@ -373,11 +384,14 @@ def run_aggregate(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
             agg.add_record(record)
     columns = _agg_columns(spec)
     hashes: dict[str, tuple[int, int]] = {}
+    blocks, present = prefilter(snap, node, hashes)
+    node = prepare(node)
+    by_header = header_answerable(node)
     with env_read() as txn:
-        for header in prefilter(snap, node, hashes):
-            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes)
+        for header in blocks:
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
-                c = header_count(node, header)
+                c = header_count(node, header) if by_header else None
                 if c == 0:
                     continue
                 if c == header.count and spec.header_only:
