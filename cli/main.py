@@ -12,6 +12,7 @@ inside the command, so the query commands never load the daemon (or LMDB).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -133,23 +134,29 @@ def serve(socket_path: str | None, data_dir: str | None, shards: int | None, con
 # --- ingest -------------------------------------------------------------------------------------
 
 
-def read_chunks(stream: IO[bytes], *, batch_lines: int,
-                max_chars: int = MAX_BATCH_CHARS) -> Iterator[tuple[int, list[str], int]]:
+def read_chunks(stream: IO[bytes], *, batch_lines: int, max_chars: int = MAX_BATCH_CHARS,
+                keep_traces: bool = False) -> Iterator[tuple[int, list[str], int]]:
     """``(first_line, lines, raw_bytes)`` chunks of a byte stream; lines are numbered from 1 and
-    sent without terminators.  Invalid UTF-8 becomes U+FFFD rather than failing the file."""
+    sent without terminators.  Invalid UTF-8 becomes U+FFFD rather than failing the file.  With
+    ``keep_traces`` (text formats) a full chunk is cut only before a line that starts a record, so a
+    stack trace is not split across two requests (up to twice the chunk size)."""
+    from coordinator.textlog import continues_record
+
     lines: list[str] = []
     chars = raw_bytes = 0
     first_line = 1
     for number, raw in enumerate(stream, start=1):
+        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        full = len(lines) >= batch_lines or chars >= max_chars
+        if full and (not keep_traces or not continues_record(text)
+                     or len(lines) >= 2 * batch_lines or chars >= 2 * max_chars):
+            yield first_line, lines, raw_bytes
+            lines, chars, raw_bytes = [], 0, 0
         if not lines:
             first_line = number
-        text = raw.decode("utf-8", "replace").rstrip("\r\n")
         lines.append(text)
         chars += len(text)
         raw_bytes += len(raw)
-        if len(lines) >= batch_lines or chars >= max_chars:
-            yield first_line, lines, raw_bytes
-            lines, chars, raw_bytes = [], 0, 0
     if lines:
         yield first_line, lines, raw_bytes
 
@@ -229,7 +236,8 @@ def _ingest_stream(conn: Connection, stream: IO[bytes], fmt: str,
     progress = _Progress(_input_size(stream))
     started = time.perf_counter()
     try:
-        for chunk_no, (first_line, lines, raw_bytes) in enumerate(read_chunks(stream, batch_lines=batch_lines)):
+        for chunk_no, (first_line, lines, raw_bytes) in enumerate(read_chunks(stream, batch_lines=batch_lines,
+                                                                            keep_traces=fmt != "jsonl")):
             args = {"lines": lines, "format": fmt, "first_line": first_line,
                     "idempotency_key": f"cli-{run_id}-{chunk_no}"}
             try:
@@ -364,6 +372,251 @@ def tail(socket_path: str | None, data_dir: str | None, query: str | None, lines
                 cursor = result.get("cursor", cursor)
         except KeyboardInterrupt:
             return  # Ctrl+C is how -f ends: exit 0
+
+
+# --- alerts -------------------------------------------------------------------------------------
+
+#: ``alerts watch`` long-poll: the daemon holds the call up to this long waiting for alert events.
+WATCH_WAIT_S = 10.0
+#: History entries per ``alerts export`` (the daemon keeps at most this many).
+EXPORT_LIMIT = 100_000
+#: Alerts per ``alerts_import`` call, far below the frame limit even with five sample logs each.
+IMPORT_BATCH = 1_000
+
+
+def _duration_text(seconds: int | None) -> str:
+    """120 -> "2m", 90 -> "90s", 7200 -> "2h": the largest unit that divides the duration."""
+    if seconds is None:
+        return "-"
+    if seconds == 0:
+        return "0"
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], *, width: int) -> str:
+    """Left-aligned columns; the last column is cut so a row fits ``width``."""
+    cells = [header] + [tuple(render.one_line(cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+    lines = []
+    for row in cells:
+        head = render.GAP.join(cell.ljust(w) for cell, w in zip(row, widths))
+        prefix = head + render.GAP if widths else ""
+        lines.append((prefix + render.truncate(row[-1], max(width - len(prefix), 20))).rstrip())
+    return "\n".join(lines)
+
+
+def render_rules_table(rules: list[dict[str, Any]], *, width: int) -> str:
+    if not rules:
+        return "no alert rules; add one with: shardlog alerts add NAME --query Q --threshold N --window 5m"
+    header = ("NAME", "ENABLED", "SEVERITY", "THRESHOLD", "WINDOW", "COOLDOWN", "GROUP BY", "FIRING", "QUERY")
+    rows = []
+    for rule in rules:
+        firing = rule.get("firing") or []
+        if rule.get("group_by"):
+            firing_text = ",".join(firing) if firing else "-"
+        else:
+            firing_text = "yes" if firing else "-"
+        rows.append((str(rule["name"]), "yes" if rule.get("enabled") else "no", str(rule.get("severity")),
+                     str(rule.get("threshold")), _duration_text(rule.get("window_s")),
+                     _duration_text(rule.get("cooldown_s")), str(rule.get("group_by") or "-"), firing_text,
+                     str(rule.get("query") or '""')))
+    return _table(header, rows, width=width)
+
+
+def render_history_table(alerts: list[dict[str, Any]], *, width: int) -> str:
+    if not alerts:
+        return "no alerts"
+    header = ("TRIGGERED AT", "SEVERITY", "RULE", "GROUP", "COUNT", "MESSAGE")
+    rows = [(str(a.get("triggered_at") or "-"), str(a.get("severity") or "-"), str(a.get("rule")),
+             "-" if a.get("group") is None else str(a["group"]), str(a.get("count", "-")), str(a.get("message") or ""))
+            for a in alerts]
+    return _table(header, rows, width=width)
+
+
+def render_alert_event(event: dict[str, Any], *, width: int) -> str:
+    """One line per event of ``alerts watch``: fired alerts and resolutions."""
+    where = f"/{event['group']}" if event.get("group") is not None else ""
+    if event.get("status") == "resolved":
+        text = (f"{event.get('resolved_at', '')} RESOLVED {event.get('severity') or '-'} {event.get('rule')}{where}: "
+                f"{event.get('count', 0)} matching logs in the window now")
+    else:
+        text = (f"{event.get('triggered_at', '')} FIRING {event.get('severity') or '-'} {event.get('rule')}{where}: "
+                f"{event.get('message', '')}")
+    return render.truncate(render.one_line(text), width)
+
+
+@cli.group()
+def alerts() -> None:
+    """Alert rules, the alert history, and alerts as they fire.
+
+    A rule fires when at least THRESHOLD logs matching its query arrived within WINDOW (per value of
+    --group-by, if given), then stays quiet for COOLDOWN.
+    """
+
+
+@alerts.command("add")
+@connection_options
+@click.argument("name")
+@click.option("--query", "-q", "query", required=True, metavar="Q",
+              help="Logs that count, in the query language (e.g. 'level:ERROR timeout'); \"\" counts every log.")
+@click.option("--threshold", type=int, default=None, metavar="N", help="Fire at N matching logs in the window "
+              "(default 1).")
+@click.option("--window", metavar="DURATION", default=None, help="Sliding window, e.g. 2m (default 5m).")
+@click.option("--cooldown", metavar="DURATION", default=None, help="Quiet time after firing, e.g. 10m (default "
+              "10m; 0 for none).")
+@click.option("--severity", type=click.Choice(["low", "medium", "high", "critical"], case_sensitive=False),
+              default=None, help="Default medium.")
+@click.option("--group-by", "group_by", metavar="F", default=None, help="Count and fire per value of field F "
+              "(e.g. source, host, meta.region).")
+@click.option("--description", metavar="D", default=None, help="Free text carried by the alerts.")
+@click.option("--replace", is_flag=True, help="Replace a rule of the same name instead of refusing.")
+def alerts_add(socket_path: str | None, data_dir: str | None, name: str, query: str, threshold: int | None,
+               window: str | None, cooldown: str | None, severity: str | None, group_by: str | None,
+               description: str | None, replace: bool) -> None:
+    """Add the alert rule NAME."""
+    rule: dict[str, Any] = {"name": name, "query": query}
+    for key, value in (("threshold", threshold), ("window", window), ("cooldown", cooldown),
+                       ("severity", severity), ("group_by", group_by), ("description", description)):
+        if value is not None:
+            rule[key] = value.lower() if key == "severity" else value
+    with connect(socket_path, data_dir) as conn:
+        added = conn.call("alerts_add", {"rule": rule, "replace": replace})
+    group = f", per {added['group_by']}" if added.get("group_by") else ""
+    click.echo(f"{'saved' if replace else 'added'} alert rule {added['name']!r}: {added['query'] or '(every log)'}"
+               f" — {added['threshold']} in {_duration_text(added['window_s'])}{group}, cooldown "
+               f"{_duration_text(added['cooldown_s'])}, severity {added['severity']}")
+
+
+@alerts.command("list")
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the rules as one JSON array.")
+def alerts_list(socket_path: str | None, data_dir: str | None, as_json: bool) -> None:
+    """List the alert rules and which are firing."""
+    with connect(socket_path, data_dir) as conn:
+        rules = conn.call("alerts_list")["rules"]
+    click.echo(render.to_json(rules) if as_json else render_rules_table(rules, width=terminal_width()))
+
+
+@alerts.command("remove")
+@connection_options
+@click.argument("name")
+def alerts_remove(socket_path: str | None, data_dir: str | None, name: str) -> None:
+    """Remove the alert rule NAME (its history stays)."""
+    with connect(socket_path, data_dir) as conn:
+        conn.call("alerts_remove", {"name": name})
+    click.echo(f"removed alert rule {name!r}")
+
+
+@alerts.command("enable")
+@connection_options
+@click.argument("name")
+def alerts_enable(socket_path: str | None, data_dir: str | None, name: str) -> None:
+    """Enable the alert rule NAME."""
+    with connect(socket_path, data_dir) as conn:
+        conn.call("alerts_enable", {"name": name})
+    click.echo(f"enabled alert rule {name!r}")
+
+
+@alerts.command("disable")
+@connection_options
+@click.argument("name")
+def alerts_disable(socket_path: str | None, data_dir: str | None, name: str) -> None:
+    """Disable the alert rule NAME (it stops counting; enable starts a fresh window)."""
+    with connect(socket_path, data_dir) as conn:
+        conn.call("alerts_disable", {"name": name})
+    click.echo(f"disabled alert rule {name!r}")
+
+
+@alerts.command("history")
+@connection_options
+@click.option("--since", metavar="T", default=None, help="Only alerts fired at or after T (e.g. -1h, 2024-01-01).")
+@click.option("--limit", type=click.IntRange(min=1, max=EXPORT_LIMIT), default=1000, show_default=True,
+              help="The newest N alerts.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per alert and line (JSON lines).")
+def alerts_history(socket_path: str | None, data_dir: str | None, since: str | None, limit: int,
+                   as_json: bool) -> None:
+    """Show fired alerts, oldest first."""
+    args: dict[str, Any] = {"limit": limit}
+    if since is not None:
+        args["since"] = since
+    with connect(socket_path, data_dir) as conn:
+        history = conn.call("alerts_history", args)["alerts"]
+    if as_json:
+        if history:
+            click.echo("\n".join(render.to_json(alert) for alert in history))
+    else:
+        click.echo(render_history_table(history, width=terminal_width()))
+
+
+@alerts.command("export")
+@connection_options
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+def alerts_export(socket_path: str | None, data_dir: str | None, file: str) -> None:
+    """Write the alert history to FILE as JSON lines ("-" for stdout)."""
+    with connect(socket_path, data_dir) as conn:
+        history = conn.call("alerts_history", {"limit": EXPORT_LIMIT})["alerts"]
+    text = "".join(render.to_json(alert) + "\n" for alert in history)
+    if file == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(file, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as err:
+        raise CliError(f"cannot write {file}: {err.strerror}; check the path and permissions") from None
+    click.echo(f"exported {len(history)} alerts to {file}")
+
+
+@alerts.command("import")
+@connection_options
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+def alerts_import(socket_path: str | None, data_dir: str | None, file: str) -> None:
+    """Add the alerts of FILE (JSON lines, as `alerts export` writes) to the history.  Every line is
+    checked first: one bad line imports nothing.  An alert already there (same key) is not doubled."""
+    items: list[dict[str, Any]] = []
+    with click.open_file(file, "r", encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CliError(f"{file} line {number} is not valid JSON ({err.msg} at column {err.colno}); "
+                               "fix it and import again (nothing was imported)") from None
+            if not isinstance(item, dict) or not isinstance(item.get("rule"), str):
+                raise CliError(f"{file} line {number} is not an alert object with a \"rule\" name; fix it and import "
+                               "again (nothing was imported)")
+            items.append(item)
+    imported = 0
+    with connect(socket_path, data_dir) as conn:
+        for start in range(0, len(items), IMPORT_BATCH):
+            imported += int(conn.call("alerts_import", {"alerts": items[start:start + IMPORT_BATCH]})["imported"])
+    click.echo(f"imported {imported} alerts from {file}")
+
+
+@alerts.command("watch")
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line (JSON lines).")
+def alerts_watch(socket_path: str | None, data_dir: str | None, as_json: bool) -> None:
+    """Print alerts as they fire (and resolve) until Ctrl+C."""
+    with connect(socket_path, data_dir) as conn:
+        cursor = conn.call("alerts_watch")["cursor"]
+        click.echo("watching alerts (Ctrl+C to stop)", err=True)
+        width = terminal_width()
+        try:
+            while True:
+                answer = conn.call("alerts_watch", {"cursor": cursor, "wait_s": WATCH_WAIT_S},
+                                   timeout_s=WATCH_WAIT_S + 30.0)
+                for event in answer.get("events") or []:
+                    click.echo(render.to_json(event) if as_json else render_alert_event(event, width=width))
+                sys.stdout.flush()
+                # a restarted daemon counts events from 0 again: follow its cursor
+                cursor = answer.get("cursor", cursor)
+        except KeyboardInterrupt:
+            return  # Ctrl+C is how watch ends: exit 0
 
 
 # --- stats / metrics ----------------------------------------------------------------------------

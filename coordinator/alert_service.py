@@ -34,6 +34,9 @@ class Notifier(Protocol):
     def send(self, event: dict[str, Any]) -> None:
         """Queue an alert event (fired or resolved) for delivery; never blocks."""
 
+    async def close(self) -> None:
+        """Deliver what is queued (bounded), then stop; whatever is left is logged as lost."""
+
 
 class AlertService:
     def __init__(self, engine: AlertEngine, supervisor: Supervisor, metrics: Metrics,

@@ -18,8 +18,12 @@ Guarantees:
 * Errors are ``storage.errors`` classes (``BadQuery`` for a bad filter, ``ShardUnavailable`` when the
   daemon cannot be reached or did not start).
 
-Alerting (``add_alert_rule`` and friends) keeps its seed signatures but raises
-``NotImplementedError`` until the alerting issue lands.
+Alerting keeps the seed's signatures: ``add_alert_rule`` adds or replaces a rule in the daemon
+(``alerts_add``); ``add_alert_notification_hook`` calls ``fn(alert_dict)`` for every alert fired
+after it was added, from one background thread that long-polls ``alerts_watch`` on its own
+connection (a hook that raises is logged and the thread goes on; ``close()`` stops it);
+``get_alerts`` reads the daemon's alert history (newest last); ``persist_alerts_to_file`` /
+``load_alerts_from_file`` write and read that history as JSON lines.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any, TypeVar
 
 from coordinator.config import socket_path_for
 from shardd.protocol import Client
-from storage.errors import BadQuery, BadRecord, Overloaded, ShardUnavailable
+from storage.errors import BadQuery, BadRecord, Overloaded, ShardlogError, ShardUnavailable
 from storage.levels import normalize_level
 from storage.query import filters_to_node, format_query
 from storage.record import TS_INVALID_KEY, TS_ORIGINAL_KEY
@@ -76,6 +80,14 @@ RETRY_MAX_DELAY_S = 5.0
 STOP_GRACE_S = 15.0
 #: Lines of the private daemon's log quoted when it fails to start.
 LOG_TAIL_LINES = 20
+#: The alert-hook thread's long-poll: the daemon holds ``alerts_watch`` up to this long.
+ALERT_WATCH_WAIT_S = 10.0
+#: After a failed long-poll (daemon restarting), the hook thread waits this long, doubling up to 5 s.
+ALERT_WATCH_RETRY_S = 0.2
+#: Alert history entries read at once (the daemon keeps at most this many).
+HISTORY_LIMIT = 100_000
+#: Alerts per ``alerts_import`` call: far below the frame limit even with their sample logs.
+ALERT_IMPORT_BATCH = 1_000
 #: The project root (parent of the ``cli`` and ``coordinator`` packages), put on the private
 #: daemon's PYTHONPATH so ``-m cli.main`` works even when shardlog is not pip-installed.
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +183,7 @@ class LogEntry:
 @dataclass
 class AlertRule:
     """An alert rule as the seed defined it.  ``conditions`` is the seed's filter dict or a query
-    string.  Alerting itself lands with the alerting issue."""
+    string; ``group_by`` (a field such as ``source``) makes the rule count and fire per value."""
 
     name: str
     description: str = ""
@@ -270,6 +282,73 @@ def _stop_private_daemon(clients: list[Client], process: subprocess.Popen[bytes]
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def _seconds_arg(value: timedelta | int | float | str) -> int | float | str:
+    """A rule's window / cooldown for the daemon: a timedelta as seconds, numbers and text as given."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _time_ns(value: datetime | str | int | float, name: str) -> int:
+    ts_ns = parse_timestamp(value)
+    if ts_ns is None:
+        raise BadQuery(f"{name} {value!r:.80} is not a datetime or timestamp; give a datetime (naive = UTC)")
+    return ts_ns
+
+
+class _AlertWatcher(threading.Thread):
+    """The thread behind ``add_alert_notification_hook``: long-polls ``alerts_watch`` on its own
+    client and calls every hook with each fired alert.  It holds no reference to the engine (so an
+    engine that is dropped without ``close()`` is still collected, and its finalizer stops this).
+
+    ``hooks`` is replaced, never mutated (a snapshot is read per batch of events); ``_stopping``
+    ends the loop; closing the client wakes a long-poll in progress."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(name="shardlog-alert-hooks", daemon=True)
+        self.client = client
+        self.hooks: tuple[Callable[[dict[str, Any]], None], ...] = ()
+        self._stopping = threading.Event()
+        # taken now, in the caller's thread: every alert fired after add_alert_notification_hook
+        # returned reaches the hook
+        self.cursor = int(client.call("alerts_watch", {})["cursor"])
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+        self.client.close()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.request_stop()
+        if self is not threading.current_thread():  # a hook may close the engine
+            self.join(timeout_s)
+
+    def run(self) -> None:
+        retry_s = ALERT_WATCH_RETRY_S
+        while not self._stopping.is_set():
+            try:
+                answer = self.client.call("alerts_watch", {"cursor": self.cursor, "wait_s": ALERT_WATCH_WAIT_S})
+            except ShardlogError as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("alert notification hooks: cannot poll the daemon (%s); retrying in %.1f s",
+                            exc.message, retry_s)
+                self._stopping.wait(retry_s)
+                retry_s = min(retry_s * 2, 5.0)
+                continue
+            retry_s = ALERT_WATCH_RETRY_S
+            hooks = self.hooks
+            for event in answer.get("events") or []:
+                if event.get("status") != "firing":
+                    continue
+                for hook in hooks:
+                    try:
+                        hook(dict(event))
+                    except Exception:  # one broken hook must not silence the others or later alerts
+                        log.exception("alert notification hook %r failed for alert %r", hook, event.get("rule"))
+            # a restarted daemon counts events from 0 again: follow its cursor
+            self.cursor = int(answer.get("cursor", self.cursor))
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
 
@@ -285,6 +364,8 @@ class LogAnalyticsEngine:
         #: guards _hooks (the list is replaced, never mutated, so ingest can snapshot it lock-free)
         self._hooks_lock = threading.Lock()
         self._hooks: tuple[PreIngestHook, ...] = ()
+        #: started by the first add_alert_notification_hook; guarded by _hooks_lock
+        self._alert_watcher: _AlertWatcher | None = None
         self._process: subprocess.Popen[bytes] | None = None
         #: every Client this engine opened (the socket path of a long data dir is known only once
         #: the daemon has bound it); the finalizer closes them all.  _client is the current one.
@@ -383,6 +464,9 @@ class LogAnalyticsEngine:
     def close(self) -> None:
         """Close the connection; stop the private daemon (if this engine started one) and remove its
         temporary dir.  Idempotent."""
+        watcher = self._alert_watcher
+        if watcher is not None:  # before the daemon goes, so the thread does not log its absence
+            watcher.stop()
         self._finalizer()
 
     def __enter__(self) -> "LogAnalyticsEngine":
@@ -531,23 +615,98 @@ class LogAnalyticsEngine:
         result.pop("failed_shards", None)
         return result
 
-    # --- alerting (lands with the alerting issue) -----------------------------------------------
+    # --- alerting -----------------------------------------------------------------------------
 
     def add_alert_rule(self, rule: AlertRule) -> None:
-        raise NotImplementedError("alerting lands with the alerting issue")
+        """Add ``rule`` to the daemon, replacing a rule of the same name.  Raises ``BadQuery`` for
+        an invalid rule (bad query, threshold < 1, window < 1 s, unknown group_by field, ...)."""
+        if not isinstance(rule, AlertRule):
+            raise TypeError(f"add_alert_rule takes an AlertRule, got {type(rule).__name__}")
+        self._client.call("alerts_add", {"rule": self._rule_wire(rule), "replace": True})
+
+    def _rule_wire(self, rule: AlertRule) -> dict[str, Any]:
+        """The daemon's rule object (``alerts_add``) of a seed ``AlertRule``."""
+        conditions = rule.conditions
+        query = conditions if isinstance(conditions, str) else self._query_text(conditions or None) or ""
+        severity = rule.severity.value if isinstance(rule.severity, Enum) else str(rule.severity)
+        return {"name": rule.name, "description": rule.description, "query": query, "severity": severity,
+                "threshold": rule.threshold, "window": _seconds_arg(rule.time_window),
+                "cooldown": _seconds_arg(rule.cooldown), "enabled": rule.enabled, "group_by": rule.group_by}
 
     def add_alert_notification_hook(self, fn: Callable[[dict[str, Any]], None]) -> None:
-        raise NotImplementedError("alerting lands with the alerting issue")
+        """Call ``fn(alert)`` for every alert fired from now on (a dict: rule, message, severity,
+        triggered_at, count, samples, window_s, group, query, ...), in a background thread.  Hooks
+        run in the order they were added; one that raises is logged and the others still run."""
+        if not callable(fn):
+            raise TypeError(f"an alert notification hook must be callable, got {type(fn).__name__}")
+        with self._hooks_lock:
+            if self._alert_watcher is None:
+                # its own connection: a long-poll must not hold the lock of the engine's client
+                watcher = _AlertWatcher(Client(self.socket_path, timeout_s=ALERT_WATCH_WAIT_S + 30.0))
+                watcher.start()
+                # garbage collection without close(): the thread holds no reference to the engine
+                weakref.finalize(self, watcher.request_stop)
+                self._alert_watcher = watcher
+            self._alert_watcher.hooks = (*self._alert_watcher.hooks, fn)
 
     def get_alerts(self, severity: AlertSeverity | str | None = None, start_time: datetime | None = None,
                    end_time: datetime | None = None, rule_name: str | None = None) -> list[dict[str, Any]]:
-        raise NotImplementedError("alerting lands with the alerting issue")
+        """Fired alerts from the daemon's history, newest last; ``start_time`` / ``end_time`` bound
+        ``triggered_at`` (both inclusive, naive = UTC)."""
+        args: dict[str, Any] = {"limit": HISTORY_LIMIT}
+        if start_time is not None:
+            args["since"] = format_timestamp(_time_ns(start_time, "start_time"))
+        end_ns = _time_ns(end_time, "end_time") if end_time is not None else None
+        wanted = None
+        if severity is not None:
+            wanted = severity.value if isinstance(severity, Enum) else str(severity).lower()
+        out = []
+        for alert in self._client.call("alerts_history", args)["alerts"]:
+            if wanted is not None and alert.get("severity") != wanted:
+                continue
+            if rule_name is not None and alert.get("rule") != rule_name:
+                continue
+            if end_ns is not None:
+                fired_ns = parse_timestamp(alert.get("triggered_at"))
+                if fired_ns is None or fired_ns > end_ns:
+                    continue
+            out.append(alert)
+        return out
 
     def persist_alerts_to_file(self, path: str | os.PathLike[str]) -> None:
-        raise NotImplementedError("alerting lands with the alerting issue")
+        """Write the daemon's alert history to ``path`` as JSON lines (replacing the file at once:
+        a crash leaves the old file or the new one, never half of one)."""
+        alerts = self._client.call("alerts_history", {"limit": HISTORY_LIMIT})["alerts"]
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                for alert in alerts:
+                    handle.write(json.dumps(alert, ensure_ascii=False) + "\n")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load_alerts_from_file(self, path: str | os.PathLike[str]) -> None:
-        raise NotImplementedError("alerting lands with the alerting issue")
+        """Add the alerts of a JSON-lines file (as ``persist_alerts_to_file`` writes it) to the
+        daemon's history.  Every line is checked first; a bad line raises ``BadRecord`` and nothing is
+        imported.  Alerts already in the history (same key) are not doubled."""
+        alerts: list[dict[str, Any]] = []
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    alert = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadRecord(f"{path} line {number} is not valid JSON ({exc.msg}); fix it and load again "
+                                    "(nothing was loaded)") from None
+                if not isinstance(alert, dict) or not isinstance(alert.get("rule"), str):
+                    raise BadRecord(f"{path} line {number} is not an alert object with a \"rule\" name; fix it and "
+                                    "load again (nothing was loaded)")
+                alerts.append(alert)
+        for start in range(0, len(alerts), ALERT_IMPORT_BATCH):
+            self._client.call("alerts_import", {"alerts": alerts[start:start + ALERT_IMPORT_BATCH]})
 
     # --- stats and metrics --------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ TOML keys (all optional; the environment variable is ``SHARDLOG_`` + the upper-c
     block_records = 1024             # records per sealed block
     max_store_bytes = 1099511627776  # per shard store size cap (StoreFull beyond)
     log_level = "INFO"
+    hooks = ["myhooks:enrich"]       # pre-ingest hooks, module:function (coordinator.hooks)
     [limits]                         # per-record limits, DESIGN §2
     max_message_bytes = 262144
     ...
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from coordinator.hooks import check_hooks, parse_hook_specs
 from storage.errors import ShardlogError
 from storage.record import Limits
 from storage.timefmt import parse_duration
@@ -118,6 +120,8 @@ class Config:
     alert_rules: tuple[dict[str, Any], ...] = ()
     #: [notify]: webhook = [urls], alertmanager = url, exec = command
     notify: dict[str, Any] = field(default_factory=dict)
+    #: pre-ingest hooks, "module:function" each, run in this order (coordinator.hooks)
+    hooks: tuple[str, ...] = ()
 
     @property
     def socket(self) -> Path:
@@ -132,7 +136,7 @@ _ADDR_KEYS = ("http", "tcp", "syslog")
 _TEXT_KEYS = ("data_dir", "token", "log_level", "socket")
 #: tables/arrays only the config file can give
 _FILE_ONLY_KEYS = {"limits", "alerts", "notify"}
-KNOWN_KEYS = set(_DURATION_KEYS) | set(_INT_KEYS) | set(_ADDR_KEYS) | set(_TEXT_KEYS) | _FILE_ONLY_KEYS
+KNOWN_KEYS = set(_DURATION_KEYS) | set(_INT_KEYS) | set(_ADDR_KEYS) | set(_TEXT_KEYS) | _FILE_ONLY_KEYS | {"hooks"}
 
 
 def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
@@ -203,6 +207,9 @@ def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mappi
                 values["alert_rules"] = _alert_rules(value)
             elif key == "notify":
                 values["notify"] = _notify(value)
+            elif key == "hooks":
+                values["hooks"], hook_problems = parse_hook_specs(value)
+                problems.extend(hook_problems)
         except (ValueError, TypeError, ShardlogError) as exc:
             problems.append(str(getattr(exc, "message", exc)))
 
@@ -256,4 +263,6 @@ def validate(config: Config) -> list[str]:
         if addr is not None and not is_loopback(addr[0]) and not config.token:
             problems.append(f"{name} listens on {addr[0]}, which is not loopback, and no token is configured; "
                             "set token (SHARDLOG_TOKEN) or listen on 127.0.0.1")
+    # imports the hook modules: a typo fails the start, not every ingest
+    problems.extend(check_hooks(config.hooks))
     return problems

@@ -27,6 +27,7 @@ from coordinator.alert_service import AlertService
 from coordinator.metrics import Metrics
 from coordinator.service import Service
 from coordinator.supervisor import Supervisor
+from coordinator.textlog import TextParser
 from shardd import protocol
 from storage.errors import ShardlogError
 from storage.gctune import tune_gc
@@ -40,6 +41,9 @@ RETENTION_EVERY_S = 60.0
 DRAIN_TIMEOUT_S = 30.0
 #: lines longer than this on the TCP JSON-lines listener close the connection
 MAX_TCP_LINE_BYTES = 1024 * 1024
+#: a text record's continuation lines (a stack trace) arrive together; after this long without data the
+#: connection's open text record is stored
+TCP_TEXT_IDLE_FLUSH_S = 1.0
 
 
 class Daemon:
@@ -109,7 +113,8 @@ class Daemon:
         engine = AlertEngine(self._state)
         for rule in self.config.alert_rules:
             engine.add_rule(Rule.from_dict(rule), replace=True)
-        notifiers = build_notifiers(self.config.notify, self.metrics)
+        notifiers = build_notifiers(self.config.notify, self.metrics, http=self.config.http,
+                                    data_dir=str(self.datadir.path))
         self.alerts = AlertService(engine, self.supervisor, self.metrics, notifiers)
         self.service.attach_alerts(self.alerts)
 
@@ -146,28 +151,40 @@ class Daemon:
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """JSON lines (or plain text lines) over TCP: whatever has arrived is ingested as one batch.
         Nothing is acknowledged on the wire (as with syslog); bad lines are counted and logged and the
-        connection stays open; a line over MAX_TCP_LINE_BYTES closes it."""
+        connection stays open; a line over MAX_TCP_LINE_BYTES closes it.  Text lines go through one
+        coordinator.textlog parser per connection: a multi-line record is stored when its next record
+        starts, at EOF, or after TCP_TEXT_IDLE_FLUSH_S without data."""
         peer = writer.get_extra_info("peername")
         line_no = 0
         pending = b""
+        # one text parser per connection, so a stack trace split across reads stays one record
+        parser = TextParser(max_message_bytes=self.config.limits.max_message_bytes)
         try:
             while not self.stop_requested.is_set():
-                chunk = await reader.read(1 << 16)
+                chunk: bytes | None
+                if parser.pending:
+                    try:
+                        chunk = await asyncio.wait_for(reader.read(1 << 16), TCP_TEXT_IDLE_FLUSH_S)
+                    except asyncio.TimeoutError:
+                        chunk = None  # the sender went quiet: its open text record is complete
+                else:
+                    chunk = await reader.read(1 << 16)
                 if not chunk:
-                    lines = [pending] if pending.strip() else []
-                    pending = b""
+                    lines = [pending] if chunk == b"" and pending.strip() else []
+                    pending = b"" if chunk == b"" else pending
                 else:
                     *lines, pending = (pending + chunk).split(b"\n")
                     if len(pending) > MAX_TCP_LINE_BYTES:
                         log.warning("tcp %s: line longer than %d bytes; closing the connection", peer,
                                     MAX_TCP_LINE_BYTES)
                         return
-                if lines:
-                    result = await self.service.ingest_lines(lines, "auto", first_line=line_no + 1)
+                if lines or (not chunk and parser.pending):
+                    result = await self.service.ingest_lines(lines, "auto", first_line=line_no + 1, text_parser=parser,
+                                                             flush_text=not chunk)
                     line_no += len(lines)
                     for rejection in result["rejected"][:5]:
                         log.warning("tcp %s: line %d rejected: %s", peer, rejection["line"], rejection["reason"])
-                if not chunk:
+                if chunk == b"":
                     return
         except ShardlogError as exc:
             log.warning("tcp %s: %s; closing the connection", peer, exc.message)

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from coordinator import alerts_http, shipper_http
 from coordinator.service import Service
 from storage.errors import BadRequest, ShardlogError
 
@@ -52,6 +53,8 @@ class HttpApi:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
+        shipper_http.add_routes(app, self)  # Loki push, Elasticsearch bulk and their probes
+        alerts_http.add_routes(app, self)  # /api/v1/alerts/...
         return app
 
     @web.middleware
@@ -103,7 +106,11 @@ class HttpApi:
         body = await self._body(request)
         lines = body.split(b"\n")
         key = request.headers.get("Idempotency-Key")
-        result = await self.service.ingest_lines(lines, "jsonl", idempotency_key=key)
+        renames = shipper_http.field_renames(request.query)  # _msg_field, _time_field, _level_field
+        if renames:
+            result = await shipper_http.ingest_jsonl_renamed(self.service, lines, renames, idempotency_key=key)
+        else:
+            result = await self.service.ingest_lines(lines, "jsonl", idempotency_key=key)
         return _json(result)
 
     async def query(self, request: web.Request) -> web.Response:

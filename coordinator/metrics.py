@@ -20,6 +20,11 @@ class Metrics:
         r = self.registry
         self.ingested = Counter("shardlog_logs_ingested", "Logs stored (acknowledged durable).", registry=r)
         self.rejected = Counter("shardlog_logs_rejected", "Logs rejected at ingest, by reason.", ["reason"], registry=r)
+        # daemon-side pre-ingest hooks (coordinator.hooks): a failing hook keeps the record, so this is where it shows
+        self.hook_errors = Counter("shardlog_hook_errors", "Pre-ingest hook calls that raised or returned an invalid "
+                                   "record (the record was kept unchanged), by hook.", ["hook"], registry=r)
+        self.hook_dropped = Counter("shardlog_hook_dropped", "Records a pre-ingest hook dropped (returned None), by "
+                                    "hook.", ["hook"], registry=r)
         self.requests = Counter("shardlog_requests", "Requests by operation and outcome.", ["op", "outcome"],
                                 registry=r)
         self.ingest_latency = Histogram("shardlog_ingest_latency_seconds", "Ingest request latency until durable ack.",
@@ -45,6 +50,10 @@ class Metrics:
         self.logs_by_level = Gauge("shardlog_logs_by_level", "Logs stored by level.", ["level"], registry=r)
         self.logs_by_source = Gauge("shardlog_logs_by_source", "Logs stored by source.", ["source"], registry=r)
         self.logs_by_tag = Gauge("shardlog_logs_by_tag", "Logs stored by tag.", ["tag"], registry=r)
+        # syslog has no acknowledgement on the wire: this counter is where a sender's lost frames show
+        self.syslog_rejected = Counter("shardlog_syslog_frames_rejected", "Syslog frames or records not stored, by "
+                                       "transport (tcp, udp) and reason (framing, truncated, record, overflow, "
+                                       "unavailable).", ["transport", "reason"], registry=r)
 
     def reason_label(self, reason: str) -> str:
         """A bounded label from a rejection message (its leading words, not the values in it)."""

@@ -29,10 +29,12 @@ import msgpack
 import orjson
 
 from coordinator.config import Config
+from coordinator.hooks import HookRunner
 from coordinator.metrics import Metrics
 from coordinator.request import encode_cursor, parse_aggregate, parse_filter, parse_search
 from coordinator.router import route
 from coordinator.supervisor import Supervisor
+from coordinator.textlog import TextParser, TextRecord
 from storage import aggregate as agg
 from storage import query as q
 from storage.errors import (BadQuery, BadRecord, BadRequest, Overloaded, ShardlogError, ShardUnavailable)
@@ -69,6 +71,9 @@ class Service:
         self._ring_cond = asyncio.Condition()
         self._shard_inflight = [0] * self.n_shards
         self.alerts: Any = None
+        #: daemon-side pre-ingest hooks from the config (imported once, here)
+        self.hooks = HookRunner(config.hooks, errors=metrics.hook_errors, dropped=metrics.hook_dropped,
+                                limits=config.limits)
         self._rpc: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.ping, "ingest": self._rpc_ingest, "ingest_lines": self._rpc_ingest_lines,
             "query": self.query, "count": self.count, "aggregate": self.aggregate, "tail": self.tail,
@@ -134,6 +139,9 @@ class Service:
         await self._admit(len(raws))
         try:
             records, rejected = self.normalize(raws, first_line, line_numbers)
+            dropped = 0
+            if self.hooks.active:
+                records, dropped = self.hooks.apply(records, time.time_ns())
             if pre_rejected:
                 rejected = sorted(pre_rejected + rejected, key=lambda r: r["line"])
             for record, record_id in zip(records, self._ids(len(records))):
@@ -154,7 +162,8 @@ class Service:
         self.metrics.requests.labels("ingest", "ok").inc()
         self.metrics.ingest_latency.observe(time.perf_counter() - started)
         await self._publish(records)
-        return {"accepted": len(records), "rejected": rejected}
+        # records a hook dropped are neither stored nor rejected: reported apart, only when there are any
+        return {"accepted": len(records), "rejected": rejected, **({"dropped": dropped} if dropped else {})}
 
     async def _ingest_shard(self, shard_id: int, records: list[dict[str, Any]], key: str) -> Any:
         """Send one shard its part; if the shard dies meanwhile, wait for its restart and resend the same
@@ -180,9 +189,13 @@ class Service:
                                            "acknowledged; retry with the same Idempotency-Key", retry_after_s=1)
                 await asyncio.sleep(0.05)
 
-    def parse_lines(self, lines: list[Any], fmt: str, first_line: int,
-                    ) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
-        """JSON lines / plain text lines -> raw records, their line numbers, and lines rejected as unparsable."""
+    def parse_lines(self, lines: list[Any], fmt: str, first_line: int, *, text_parser: TextParser | None = None,
+                    flush_text: bool = True) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
+        """JSON lines / text lines -> raw records, the numbers of their (first) lines, and lines rejected as
+        unparsable.  ``text``: every line is text (coordinator.textlog: timestamps, levels, multi-line records
+        joined); ``auto``: a line starting with ``{`` is JSON, the others text.  A caller streaming one input
+        over several calls (a TCP connection) passes its own ``text_parser`` and ``flush_text=False`` until
+        the input ends, so a stack trace split between calls stays one record."""
         if fmt not in ("jsonl", "text", "auto"):
             raise BadRequest(f"format {fmt!r} must be jsonl, text or auto")
         raws: list[Any] = []
@@ -190,6 +203,15 @@ class Service:
         rejected: list[dict[str, Any]] = []
         loads = orjson.loads
         json_only = fmt == "jsonl"
+        parser = text_parser
+        if parser is None and not json_only:
+            parser = TextParser(max_message_bytes=self.config.limits.max_message_bytes)
+
+        def take(records: list[TextRecord]) -> None:
+            for record in records:
+                raws.append(record.raw)
+                numbers.append(record.line)
+
         for index, line in enumerate(lines):
             number = first_line + index
             if not isinstance(line, (bytes, str)):
@@ -198,24 +220,29 @@ class Service:
             stripped = line.strip()  # orjson parses bytes and str alike: no decoding on the JSON path
             if not stripped:
                 continue
-            if json_only or stripped[:1] in (b"{", "{"):
+            if json_only or parser is None or (fmt == "auto" and stripped[:1] in (b"{", "{")):
+                if parser is not None and parser.pending:
+                    take(parser.flush())  # the text record before this line is complete
                 try:
                     raws.append(loads(stripped))
                 except orjson.JSONDecodeError as exc:
                     rejected.append({"line": number, "reason": f"not valid JSON: {exc}; send one JSON object per line"})
                     self.metrics.rejected.labels("json").inc()
                     continue
+                numbers.append(number)
             else:
-                text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-                raws.append({"message": text.rstrip("\r\n")})
-            numbers.append(number)
+                take(parser.feed(line.decode("utf-8", "replace") if isinstance(line, bytes) else line, number))
+        if parser is not None and flush_text:
+            take(parser.flush())
         return raws, numbers, rejected
 
     async def ingest_lines(self, lines: list[Any], fmt: str = "jsonl", *, first_line: int = 1,
-                           idempotency_key: str | None = None) -> dict[str, Any]:
+                           idempotency_key: str | None = None, text_parser: TextParser | None = None,
+                           flush_text: bool = True) -> dict[str, Any]:
         if not isinstance(lines, list):
             raise BadRequest(f"lines must be a list of strings, got {type(lines).__name__}")
-        raws, numbers, rejected = self.parse_lines(lines, fmt, first_line)
+        raws, numbers, rejected = self.parse_lines(lines, fmt, first_line, text_parser=text_parser,
+                                                   flush_text=flush_text)
         return await self.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected)
 
     async def _rpc_ingest(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -179,3 +179,17 @@ def test_human_bytes_units() -> None:
     assert render.human_bytes(10) == "10 B"
     assert render.human_bytes(1536) == "1.5 KiB"
     assert render.human_bytes(3 * 1024**3) == "3.0 GiB"
+
+
+def test_read_chunks_does_not_split_a_stack_trace_across_requests() -> None:
+    import io
+
+    from cli.main import read_chunks
+
+    text = ("2015-10-18 18:01:47,978 ERROR [main] a.B: boom\n" + "\tat a.B.c(B.java:1)\n" * 3
+            + "2015-10-18 18:01:48,000 INFO [main] a.B: next\n")
+    chunks = list(read_chunks(io.BytesIO(text.encode()), batch_lines=2, keep_traces=True))
+    # the trace's 'at' lines stay with their first line; the next record starts a chunk
+    assert [(first, len(lines)) for first, lines, _ in chunks] == [(1, 4), (5, 1)]
+    plain = list(read_chunks(io.BytesIO(text.encode()), batch_lines=2))
+    assert [(first, len(lines)) for first, lines, _ in plain] == [(1, 2), (3, 2), (5, 1)]

@@ -271,19 +271,6 @@ def test_stats_and_metrics(engine: LogAnalyticsEngine) -> None:
     assert "# TYPE shardlog_" in engine.export_metrics_prometheus()
 
 
-def test_alerting_methods_are_not_implemented_yet(engine: LogAnalyticsEngine, tmp_path: Path) -> None:
-    calls: list[Callable[[], Any]] = [
-        lambda: engine.add_alert_rule(AlertRule(name="r")),
-        lambda: engine.add_alert_notification_hook(lambda alert: None),
-        lambda: engine.get_alerts(),
-        lambda: engine.persist_alerts_to_file(tmp_path / "a.json"),
-        lambda: engine.load_alerts_from_file(tmp_path / "a.json"),
-    ]
-    for call in calls:
-        with pytest.raises(NotImplementedError, match="alerting"):
-            call()
-
-
 # --- connecting and the private daemon ------------------------------------------------------------
 
 
