@@ -127,7 +127,8 @@ class AlertService:
                 counts.extend(part.get("counts", []))
                 samples.extend(part.get("samples", []))
             self.engine.rebuild(rule.name, counts, samples)
-        self._publish(self.engine.tick()[0])
+        fired, resolved = self.engine.tick()
+        self._publish(fired + resolved)
 
     async def run(self) -> None:
         """The 1 s timer: windows slide and cooldowns expire without waiting for the next log."""

@@ -18,9 +18,11 @@ The engine is synchronous and transport-free: the service feeds it and sends wha
 from __future__ import annotations
 
 import itertools
+import json
+import re
+import zlib
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -31,7 +33,7 @@ from storage.alert_window import WindowCounts
 from storage.errors import BadQuery, NotFound
 from storage.record import to_public
 from storage.rule_match import RuleSpec
-from storage.timefmt import format_timestamp, parse_duration
+from storage.timefmt import format_timestamp, parse_duration, parse_timestamp
 
 if TYPE_CHECKING:  # the state store opens LMDB; this module stays importable without it
     from storage.state import StateStore
@@ -161,6 +163,13 @@ class GroupState:
                           bool(data.get("firing")), int(data.get("last_count") or 0))
 
 
+_HISTORY_KEY = re.compile(r"\d{20}-\d{6}")
+
+
+def _sample_key(record: Mapping[str, Any]) -> tuple[int, int]:
+    return record["ts_ns"], record.get("id") or 0
+
+
 def _state_key(rule: str, group: str) -> str:
     return f"{rule}\x00{group}"
 
@@ -172,7 +181,8 @@ class AlertEngine:
         self.rules: dict[str, Rule] = {}
         self.windows: dict[tuple[str, str], WindowCounts] = {}
         self.groups: dict[tuple[str, str], GroupState] = {}
-        self.samples: dict[tuple[str, str], deque[dict[str, Any]]] = {}
+        self.samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._fired_since_trim = 0
         self._seq = itertools.count()
         self._load()
 
@@ -270,12 +280,15 @@ class AlertEngine:
                 if window.add(second, n, now_s):
                     touched.add((rule_id, group))
             for sample in part.get("samples") or ():
-                if not isinstance(sample, Mapping) or "ts_ns" not in sample:
+                if not isinstance(sample, Mapping) or not isinstance(sample.get("ts_ns"), int):
                     continue
-                groups = self._sample_groups(rule, sample)
-                for group in groups:
-                    kept = self.samples.setdefault((rule_id, group), deque(maxlen=SAMPLES))
+                for group in self._sample_groups(rule, sample):
+                    # keep the newest SAMPLES by (timestamp, id), whatever order batches arrive in
+                    kept = self.samples.setdefault((rule_id, group), [])
                     kept.append(dict(sample))
+                    if len(kept) > SAMPLES:
+                        kept.sort(key=_sample_key, reverse=True)
+                        del kept[SAMPLES:]
         return self._evaluate(touched, now_ns)
 
     @staticmethod
@@ -322,6 +335,10 @@ class AlertEngine:
             # durable before anyone hears of it: a crash after this line re-notifies nothing twice
             # inside the cooldown, and a crash before it loses no acknowledged state
             self.state.write(changes)
+            self._fired_since_trim += len(fired)
+            if self._fired_since_trim >= 1_000:
+                self.state.trim("history", HISTORY_KEEP)
+                self._fired_since_trim = 0
         return fired
 
     def _resolve(self, now_ns: int) -> list[dict[str, Any]]:
@@ -349,8 +366,10 @@ class AlertEngine:
         return resolved
 
     def _alert(self, rule: Rule, group: str, total: int, now_ns: int) -> dict[str, Any]:
-        samples = sorted(self.samples.get((rule.name, group), ()), key=lambda r: (r["ts_ns"], r.get("id", 0)),
-                         reverse=True)[:SAMPLES]
+        # evidence from this window only, newest first
+        oldest_ns = now_ns - rule.window_s * NS_PER_S
+        samples = sorted((r for r in self.samples.get((rule.name, group), ()) if r["ts_ns"] > oldest_ns),
+                         key=_sample_key, reverse=True)[:SAMPLES]
         where = f" for {rule.group_by}={group}" if rule.group_by else ""
         return {
             "key": f"{now_ns:020d}-{next(self._seq):06d}",
@@ -388,8 +407,17 @@ class AlertEngine:
         for alert in alerts:
             if not isinstance(alert, Mapping) or not isinstance(alert.get("rule"), str):
                 raise BadQuery(f"an imported alert must be an object with a rule name, got {alert!r:.100}")
-            key = alert.get("key") or f"{time.time_ns():020d}-{next(self._seq):06d}"
-            changes.append(("history", str(key), dict(alert, key=str(key))))
+            # history keys sort by time: keep a key this daemon made (re-importing an export is then
+            # idempotent); derive any other from triggered_at and the alert's content
+            key = alert.get("key")
+            if not isinstance(key, str) or not _HISTORY_KEY.fullmatch(key):
+                when = alert.get("triggered_at") or alert.get("resolved_at")
+                ts_ns = parse_timestamp(when) if when is not None else None
+                if ts_ns is None or ts_ns < 0:
+                    ts_ns = self.clock()
+                digest = zlib.crc32(json.dumps(alert, sort_keys=True, default=str).encode()) % 1_000_000
+                key = f"{ts_ns:020d}-{digest:06d}"
+            changes.append(("history", key, dict(alert, key=key)))
         self.state.write(changes)
         self.state.trim("history", HISTORY_KEEP)
         return len(changes)

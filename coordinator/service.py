@@ -155,7 +155,10 @@ class Service:
                     self.metrics.requests.labels("ingest", "error").inc()
                     raise result
             if self.alerts is not None:
-                self.alerts.observe(results)
+                try:
+                    self.alerts.observe(results)
+                except Exception:  # the batch is durable already: alerting trouble must not fail it
+                    log.exception("alert evaluation failed for an ingested batch")
         finally:
             await self._release(len(raws))
         self.metrics.ingested.inc(len(records))

@@ -8,30 +8,48 @@ broken clock must not arm an alert for later).  Pure; the caller supplies ``now`
 
 from __future__ import annotations
 
+import heapq
+
 
 class WindowCounts:
+    """Counts per second with a running sum: ``add`` and pruning are O(log n) (a heap of seconds),
+    ``total`` is O(1) unless seconds ahead of ``now`` are held (clock skew, rare)."""
+
     def __init__(self, window_s: int, future_s: int = 300) -> None:
         if window_s < 1:
             raise ValueError(f"window is {window_s} s; it must be at least 1 s")
         self.window_s = window_s
         self.future_s = future_s
         self._counts: dict[int, int] = {}
+        self._seconds: list[int] = []  # heap of the seconds in _counts
+        self._sum = 0
+        self._newest = None  # newest second held
 
     def add(self, second: int, n: int, now_s: int) -> bool:
         """Count ``n`` matches in ``second``; False (and nothing kept) when that second is outside
         ``(now - window, now + future_s]``."""
         if second <= now_s - self.window_s or second > now_s + self.future_s:
             return False
-        self._counts[second] = self._counts.get(second, 0) + n
+        if second in self._counts:
+            self._counts[second] += n
+        else:
+            self._counts[second] = n
+            heapq.heappush(self._seconds, second)
+            if self._newest is None or second > self._newest:
+                self._newest = second
+        self._sum += n
         return True
 
     def total(self, now_s: int) -> int:
         """Matches in ``(now - window, now]``; prunes seconds that have left the window."""
         low = now_s - self.window_s
-        stale = [s for s in self._counts if s <= low]
-        for second in stale:
-            del self._counts[second]
-        return sum(n for s, n in self._counts.items() if s <= now_s)
+        while self._seconds and self._seconds[0] <= low:
+            self._sum -= self._counts.pop(heapq.heappop(self._seconds))
+        if not self._seconds:
+            self._newest = None
+        if self._newest is not None and self._newest > now_s:
+            return self._sum - sum(n for s, n in self._counts.items() if s > now_s)
+        return self._sum
 
     def __bool__(self) -> bool:
         return bool(self._counts)

@@ -57,6 +57,8 @@ class _Plan:
     tags: frozenset[str] = frozenset()  # every one of these tags
     tokens: frozenset[str] = frozenset()  # every one of these message tokens
     group: tuple[str, str] | None = field(default=None)
+    #: the conditions above are the whole rule: a record that passes them matches, no evaluator call
+    exact: bool = False
 
 
 def _plan(spec: RuleSpec) -> _Plan:
@@ -64,6 +66,7 @@ def _plan(spec: RuleSpec) -> _Plan:
     children = spec.node.children if isinstance(spec.node, q.And) else (spec.node,)
     tags: set[str] = set()
     tokens: set[str] = set()
+    exact = True
     for child in children:
         if isinstance(child, q.Field) and child.name == "level":
             plan.levels = frozenset({child.value}) if plan.levels is None else plan.levels & {child.value}
@@ -77,11 +80,15 @@ def _plan(spec: RuleSpec) -> _Plan:
             tokens.add(child.text)
         elif isinstance(child, q.Phrase):
             tokens.update(child.tokens)
+            exact = False  # adjacency still has to be checked
         elif isinstance(child, q.Or) and all(isinstance(c, q.Field) and c.name == "level" for c in child.children):
             values = frozenset(c.value for c in child.children)
             plan.levels = values if plan.levels is None else plan.levels & values
+        elif not isinstance(child, q.MatchAll):
+            exact = False
     plan.tags = frozenset(tags)
     plan.tokens = frozenset(tokens)
+    plan.exact = exact
     return plan
 
 
@@ -90,7 +97,8 @@ class RuleSet:
 
     def __init__(self, specs: Iterable[RuleSpec] = ()) -> None:
         self.plans = [_plan(spec) for spec in specs]
-        self._need_tokens = any(plan.tokens for plan in self.plans)
+        self._tokens = frozenset(t for plan in self.plans for t in plan.tokens)
+        self._need_tokens = bool(self._tokens)
 
     def __len__(self) -> int:
         return len(self.plans)
@@ -106,12 +114,20 @@ class RuleSet:
         for i, record in enumerate(records):
             by_level.setdefault(record["level"], []).append(i)
             by_source.setdefault(record["source"], []).append(i)
-        token_sets: list[set[str]] | None = None
+        # records holding each token some rule needs: every message is tokenized once per batch,
+        # not once per rule
+        by_token: dict[str, set[int]] = {}
         if self._need_tokens:
-            token_sets = [token_set(record["message"]) for record in records]
+            wanted = self._tokens
+            for i, record in enumerate(records):
+                for token in token_set(record["message"]) & wanted:
+                    by_token.setdefault(token, set()).add(i)
         out: dict[str, dict[str, Any]] = {}
         for plan in self.plans:
             candidates = self._candidates(plan, records, by_level, by_source)
+            if plan.tokens:
+                holders = set.intersection(*(by_token.get(t, set()) for t in plan.tokens))
+                candidates = [i for i in candidates if i in holders]
             counts: dict[tuple[int, str], int] = {}
             matched: list[int] = []
             node = plan.spec.node
@@ -119,9 +135,7 @@ class RuleSet:
                 record = records[i]
                 if plan.tags and not plan.tags.issubset(record["tags"]):
                     continue
-                if token_sets is not None and plan.tokens and not plan.tokens <= token_sets[i]:
-                    continue
-                if not q.matches(node, record):
+                if not plan.exact and not q.matches(node, record):
                     continue
                 groups = record_values(record, *plan.group) if plan.group else [""]
                 second = record["ts_ns"] // NS_PER_S

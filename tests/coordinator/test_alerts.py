@@ -277,9 +277,6 @@ def test_import_history_is_idempotent_by_key(store: StateStore, clock: Clock) ->
         engine.import_history([{"message": "no rule"}])
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: samples are kept in a deque(maxlen=5) in arrival order, and "
-                   "each batch's samples arrive newest first, so a later batch evicts the newest samples of the one "
-                   "before; fix: keep heapq.nlargest(5, kept + new, key=(ts_ns, id)) per (rule, group)")
 def test_evidence_keeps_the_newest_samples_across_batches(store: StateStore, clock: Clock) -> None:
     engine = AlertEngine(store, clock=clock)
     engine.add_rule(rule(threshold=7))
@@ -290,8 +287,6 @@ def test_evidence_keeps_the_newest_samples_across_batches(store: StateStore, clo
     assert [s["message"] for s in fired[0]["samples"]] == ["new 0", "new 1", "old 0", "old 1", "old 2"]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: an imported alert keeps any string key, and history(since) "
-                   "parses every key as '<ns>-<seq>' (ValueError); fix: re-key imports from triggered_at")
 def test_history_since_survives_an_imported_alert_with_a_foreign_key(store: StateStore, clock: Clock) -> None:
     engine = AlertEngine(store, clock=clock)
     engine.import_history([{"rule": "seed", "key": "alert-1", "triggered_at": "2024-01-01T00:00:00Z"}])
