@@ -46,6 +46,7 @@ log = logging.getLogger("shardlog.service")
 VERSION = "0.1.0"
 #: recently ingested records kept for `tail -f`
 TAIL_RING = 20_000
+FOLLOW_GRACE_S = 60.0
 MAX_TAIL_WAIT_S = 30.0
 #: how long an overloaded ingest waits for room before answering Overloaded
 ADMIT_WAIT_S = 2.0
@@ -68,6 +69,10 @@ class Service:
         self._ring: deque[tuple[int, list[dict[str, Any]]]] = deque()
         self._ring_records = 0
         self._ring_seq = 0
+        #: the ring is filled only while someone follows: an open HTTP tail stream, or a `tail` call
+        #: in the last FOLLOW_GRACE_S seconds (tail -f polls every few seconds)
+        self._subscribers = 0
+        self._followed_until = 0.0
         self._ring_cond = asyncio.Condition()
         self._shard_inflight = [0] * self.n_shards
         self.alerts: Any = None
@@ -261,6 +266,11 @@ class Service:
         the sequence number of its last record."""
         if not records:
             return
+        if not self._subscribers and time.monotonic() > self._followed_until:
+            if self._ring:  # nobody follows any more: free the copies
+                self._ring.clear()
+                self._ring_records = 0
+            return  # nobody follows: keep no copies (tail without a cursor reads the store)
         async with self._ring_cond:
             self._ring_seq += len(records)
             self._ring.append((self._ring_seq, records))
@@ -371,6 +381,7 @@ class Service:
 
     async def tail(self, params: dict[str, Any]) -> dict[str, Any]:
         """Newest matching logs; with a cursor, the logs ingested after it (long-poll up to wait_s)."""
+        self._followed_until = time.monotonic() + FOLLOW_GRACE_S
         cursor = params.get("cursor")
         node, _ = parse_filter({k: v for k, v in params.items() if k not in ("cursor", "wait_s", "limit")},
                                time.time_ns())
@@ -403,6 +414,14 @@ class Service:
         """Async iterator of new matching logs (for the HTTP tail stream)."""
         node, _ = parse_filter(params, time.time_ns())
         after = self._ring_seq
+        self._subscribers += 1
+        try:
+            async for record in self._follow(node, after):
+                yield record
+        finally:
+            self._subscribers -= 1
+
+    async def _follow(self, node: q.Node, after: int):  # noqa: ANN202 - an async generator
         while True:
             async with self._ring_cond:
                 await self._ring_cond.wait_for(lambda: self._ring_seq > after)

@@ -63,6 +63,8 @@ class StoreConfig:
     idempotency_ttl_s: float = 24 * 3600
     #: records accepted but not yet committed; beyond it ingest answers Overloaded (retryable)
     max_pending_records: int = 500_000
+    #: acknowledged records not yet sealed into blocks (held in memory); beyond it new batches wait
+    max_unsealed_records: int = 65_536
     #: decoded columns and posting bitmaps kept in memory for repeated queries (estimated bytes)
     cache_bytes: int = 64 * 1024 * 1024
     reader_check_interval_s: float = 60.0
@@ -269,17 +271,29 @@ class Store:
         return task.future.result()
 
     def _writer_main(self) -> None:
-        """Group commit: every batch queued while the previous commit ran goes into the next one."""
+        """Group commit: every batch queued while the previous commit ran goes into the next one.
+
+        Backpressure: while more than ``max_unsealed_records`` are waiting to be sealed, new batches
+        are held (not committed, not acknowledged) and only sealed blocks are stored, so memory stays
+        bounded when ingest outruns sealing; held callers simply wait longer for their ack."""
+        held: list[_Task] = []
         while True:
-            tasks = [self._queue.get()]
+            try:
+                tasks = [self._queue.get(timeout=0.05 if held else None)]
+            except queue.Empty:
+                tasks = []
             while len(tasks) < 10_000:
                 try:
                     tasks.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = [t for t in tasks if t.kind == "stop"]
-            ingests = [t for t in tasks if t.kind == "ingest"]
+            ingests = held + [t for t in tasks if t.kind == "ingest"]
             seals = [t for t in tasks if t.kind == "seal"]
+            held = []
+            if ingests and not stop and self._tail_records >= self.config.max_unsealed_records:
+                held, ingests = ingests, []
+                self._seal_wakeup.set()
             if ingests or seals:
                 self._commit(ingests, seals)
                 if self._tail_records >= self.config.block_records:

@@ -562,3 +562,33 @@ def test_aggregations_over_everything_use_running_totals_that_stay_exact(tmp: Pa
         assert answer(store) == oracle([r for r in records if r["ts_ns"] >= cutoff])
     finally:
         close_store(store)
+
+
+def test_ingest_waits_while_too_many_records_are_unsealed(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backpressure: acknowledged-but-unsealed records are held in memory, so past
+    max_unsealed_records new batches wait (unacknowledged) until sealing catches up."""
+    import concurrent.futures
+    import threading
+
+    import storage.store as store_module
+
+    release = threading.Event()
+    real_build = store_module.build_block
+
+    def slow_build(records, block_id):  # noqa: ANN001, ANN202
+        release.wait(30)
+        return real_build(records, block_id)
+
+    monkeypatch.setattr(store_module, "build_block", slow_build)
+    store = Store(tmp / "s", StoreConfig(block_records=50, seal_after_s=3_600.0, max_unsealed_records=100))
+    try:
+        store.ingest(_records(1, 120))  # over the limit, and the sealer is stuck
+        held = store.submit(_records(121, 10))
+        with pytest.raises(concurrent.futures.TimeoutError):
+            held.result(timeout=0.5)  # not acknowledged while 120 records wait to be sealed
+        release.set()
+        assert held.result(timeout=30)["accepted"] == 10
+        assert sorted(_ids(store)) == list(range(1, 131))
+    finally:
+        release.set()
+        close_store(store)
