@@ -2,22 +2,26 @@
 
 A shard runs ``RuleSet.count(records)`` on every batch it commits; the per-second counts ride back on
 the ingest acknowledgement and the coordinator sums windows centrally.  Evaluating every rule on
-every record would cost rules × records calls of ``storage.query.matches``; instead each rule is
-analysed once for what a matching record must have (a level at least / equal to, a source, a tag,
-message tokens) and the batch is indexed once by those keys, so a rule only checks the records that
-can match it.  The final decision is always ``storage.query.matches`` — the same evaluator queries use.
+every record would cost rules × records calls of ``storage.query.matches``.  Instead the batch is
+indexed once — as row bitmaps (Python ints), only for the fields, values and message tokens some
+rule mentions — and each rule's tree is evaluated on those bitmaps the way ``storage.planner``
+evaluates a query on a block: AND/OR/NOT of exact bitmaps is the answer; only rules with inexact
+parts (phrases, prefixes, substrings, regexes) check their candidate rows with ``matches``, the same
+evaluator queries use.
 
 Pure: records in, counts out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from storage import query as q
 from storage.aggregate import record_values, resolve_field
+from storage.layout import meta_value_text
 from storage.levels import severity
+from storage.postings import rows_of
 from storage.tokens import token_set
 
 #: newest matching records kept per rule and batch, as alert evidence
@@ -48,122 +52,166 @@ class RuleSpec:
         return RuleSpec(obj["id"], q.from_wire(obj.get("filter")), group_by)
 
 
-@dataclass
-class _Plan:
-    spec: RuleSpec
-    levels: frozenset[str] | None = None  # a matching record's level is one of these
-    min_score: int | None = None  # ... or at least this severity
-    sources: frozenset[str] | None = None
-    tags: frozenset[str] = frozenset()  # every one of these tags
-    tokens: frozenset[str] = frozenset()  # every one of these message tokens
-    group: tuple[str, str] | None = field(default=None)
-    #: the conditions above are the whole rule: a record that passes them matches, no evaluator call
-    exact: bool = False
+def _fields_and_tokens(node: q.Node, fields: set[str], tokens: set[str]) -> None:
+    """Collect what the batch index must cover for ``node``."""
+    if isinstance(node, (q.And, q.Or)):
+        for child in node.children:
+            _fields_and_tokens(child, fields, tokens)
+    elif isinstance(node, q.Not):
+        _fields_and_tokens(node.child, fields, tokens)
+    elif isinstance(node, q.Field):
+        fields.add(node.name)
+    elif isinstance(node, q.MinSeverity):
+        fields.add("level")
+    elif isinstance(node, q.Token):
+        tokens.add(node.text)
+    elif isinstance(node, q.Phrase):
+        tokens.update(node.tokens)
 
 
-def _plan(spec: RuleSpec) -> _Plan:
-    plan = _Plan(spec, group=resolve_field(spec.group_by) if spec.group_by else None)
-    children = spec.node.children if isinstance(spec.node, q.And) else (spec.node,)
-    tags: set[str] = set()
-    tokens: set[str] = set()
-    exact = True
-    for child in children:
-        if isinstance(child, q.Field) and child.name == "level":
-            plan.levels = frozenset({child.value}) if plan.levels is None else plan.levels & {child.value}
-        elif isinstance(child, q.Field) and child.name == "source":
-            plan.sources = frozenset({child.value}) if plan.sources is None else plan.sources & {child.value}
-        elif isinstance(child, q.Field) and child.name == "tag":
-            tags.add(child.value)
-        elif isinstance(child, q.MinSeverity):
-            plan.min_score = child.score if plan.min_score is None else max(plan.min_score, child.score)
-        elif isinstance(child, q.Token):
-            tokens.add(child.text)
-        elif isinstance(child, q.Phrase):
-            tokens.update(child.tokens)
-            exact = False  # adjacency still has to be checked
-        elif isinstance(child, q.Or) and all(isinstance(c, q.Field) and c.name == "level" for c in child.children):
-            values = frozenset(c.value for c in child.children)
-            plan.levels = values if plan.levels is None else plan.levels & values
-        elif not isinstance(child, q.MatchAll):
-            exact = False
-    plan.tags = frozenset(tags)
-    plan.tokens = frozenset(tokens)
-    plan.exact = exact
-    return plan
+def _bits(rows: list[int]) -> int:
+    """A row bitmap from ascending row numbers, built once (OR-ing into a growing int per row
+    would copy the int every time)."""
+    if not rows:
+        return 0
+    mask = bytearray(rows[-1] // 8 + 1)
+    for row in rows:
+        mask[row >> 3] |= 1 << (row & 7)
+    return int.from_bytes(mask, "little")
+
+
+class _BatchIndex:
+    """Rows of one batch by the field values and tokens the rules use, built once per batch as
+    row lists; a value's bitmap is made only when a rule asks for that value."""
+
+    def __init__(self, records: list[Mapping[str, Any]], fields: set[str], tokens: frozenset[str]) -> None:
+        self.n = len(records)
+        self.all = (1 << self.n) - 1
+        self.values: dict[str, dict[str, list[int]]] = {}
+        for name in fields:
+            by_value: dict[str, list[int]] = {}
+            if name == "tag":
+                for i, record in enumerate(records):
+                    for tag in record["tags"]:
+                        by_value.setdefault(tag, []).append(i)
+            elif name.startswith("meta."):
+                key = name[5:]
+                for i, record in enumerate(records):
+                    value = record["metadata"].get(key)
+                    if value is not None:
+                        by_value.setdefault(meta_value_text(value), []).append(i)
+            elif name in ("level", "source", "request_id", "user_id", "thread_id"):
+                for i, record in enumerate(records):
+                    value = record[name]
+                    if value is not None:
+                        by_value.setdefault(value, []).append(i)
+            self.values[name] = by_value
+        self.tokens: dict[str, list[int]] = {}
+        if tokens:
+            for i, record in enumerate(records):
+                for token in token_set(record["message"]) & tokens:
+                    self.tokens.setdefault(token, []).append(i)
+        self._cache: dict[tuple[str, str], int] = {}
+
+    def field_bits(self, name: str, value: str) -> int:
+        key = (name, value)
+        bits = self._cache.get(key)
+        if bits is None:
+            bits = self._cache[key] = _bits(self.values.get(name, {}).get(value, []))
+        return bits
+
+    def _token_bits(self, token: str) -> int:
+        key = ("\x00token", token)
+        bits = self._cache.get(key)
+        if bits is None:
+            bits = self._cache[key] = _bits(self.tokens.get(token, []))
+        return bits
+
+    def candidates(self, node: q.Node) -> tuple[int, bool]:
+        """(rows that may match, whether exactly those match) — as storage.planner.candidates."""
+        if isinstance(node, q.MatchAll):
+            return self.all, True
+        if isinstance(node, q.Field):
+            return self.field_bits(node.name, node.value), True
+        if isinstance(node, q.Token):
+            return self._token_bits(node.text), True
+        if isinstance(node, q.MinSeverity):
+            bits = 0
+            for level in self.values.get("level", {}):
+                if severity(level) >= node.score:
+                    bits |= self.field_bits("level", level)
+            return bits, True
+        if isinstance(node, q.And):
+            bits, exact = self.all, True
+            for child in node.children:
+                child_bits, child_exact = self.candidates(child)
+                bits &= child_bits
+                exact = exact and child_exact
+                if not bits:
+                    return 0, True
+            return bits, exact
+        if isinstance(node, q.Or):
+            bits, exact = 0, True
+            for child in node.children:
+                child_bits, child_exact = self.candidates(child)
+                bits |= child_bits
+                exact = exact and child_exact
+            return bits, exact
+        if isinstance(node, q.Not):
+            child_bits, child_exact = self.candidates(node.child)
+            return (self.all & ~child_bits, True) if child_exact else (self.all, False)
+        if isinstance(node, q.Phrase):
+            bits = self.all
+            for token in node.tokens:
+                bits &= self._token_bits(token)
+            return bits, not bits  # adjacency is checked on the message
+        return self.all, False  # prefix, substring, regex, time range: check every row
 
 
 class RuleSet:
     """The active rules of a shard (immutable; replace it to change rules)."""
 
-    def __init__(self, specs: Iterable[RuleSpec] = ()) -> None:
-        self.plans = [_plan(spec) for spec in specs]
-        self._tokens = frozenset(t for plan in self.plans for t in plan.tokens)
-        self._need_tokens = bool(self._tokens)
+    def __init__(self, specs: list[RuleSpec] | tuple[RuleSpec, ...] = ()) -> None:
+        self.specs = list(specs)
+        self._groups = [resolve_field(spec.group_by) if spec.group_by else None for spec in self.specs]
+        fields: set[str] = set()
+        tokens: set[str] = set()
+        for spec in self.specs:
+            _fields_and_tokens(spec.node, fields, tokens)
+        self._fields = fields
+        self._tokens = frozenset(tokens)
 
     def __len__(self) -> int:
-        return len(self.plans)
+        return len(self.specs)
 
     def count(self, records: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         """``{rule_id: {"counts": [[second, group, n], ...], "samples": [record, ...]}}`` for every
         rule with at least one match; ``group`` is the group value ("" without group_by); samples are
         the rule's newest matching records of the batch, newest first."""
-        if not self.plans or not records:
+        if not self.specs or not records:
             return {}
-        by_level: dict[str, list[int]] = {}
-        by_source: dict[str, list[int]] = {}
-        for i, record in enumerate(records):
-            by_level.setdefault(record["level"], []).append(i)
-            by_source.setdefault(record["source"], []).append(i)
-        # records holding each token some rule needs: every message is tokenized once per batch,
-        # not once per rule
-        by_token: dict[str, set[int]] = {}
-        if self._need_tokens:
-            wanted = self._tokens
-            for i, record in enumerate(records):
-                for token in token_set(record["message"]) & wanted:
-                    by_token.setdefault(token, set()).add(i)
+        index = _BatchIndex(records, self._fields, self._tokens)
         out: dict[str, dict[str, Any]] = {}
-        for plan in self.plans:
-            candidates = self._candidates(plan, records, by_level, by_source)
-            if plan.tokens:
-                holders = set.intersection(*(by_token.get(t, set()) for t in plan.tokens))
-                candidates = [i for i in candidates if i in holders]
+        for spec, group in zip(self.specs, self._groups):
+            bits, exact = index.candidates(spec.node)
+            if not bits:
+                continue
+            matched = rows_of(bits)
+            if not exact:
+                node = spec.node
+                matched = [i for i in matched if q.matches(node, records[i])]
+                if not matched:
+                    continue
             counts: dict[tuple[int, str], int] = {}
-            matched: list[int] = []
-            node = plan.spec.node
-            for i in candidates:
+            for i in matched:
                 record = records[i]
-                if plan.tags and not plan.tags.issubset(record["tags"]):
-                    continue
-                if not plan.exact and not q.matches(node, record):
-                    continue
-                groups = record_values(record, *plan.group) if plan.group else [""]
                 second = record["ts_ns"] // NS_PER_S
-                for group in groups:
-                    counts[second, group] = counts.get((second, group), 0) + 1
-                matched.append(i)
+                for value in (record_values(record, *group) if group else ("",)):
+                    counts[second, value] = counts.get((second, value), 0) + 1
             if counts:
                 newest = sorted(matched, key=lambda i: (records[i]["ts_ns"], records[i]["id"]), reverse=True)
-                out[plan.spec.rule_id] = {
-                    "counts": [[second, group, n] for (second, group), n in counts.items()],
+                out[spec.rule_id] = {
+                    "counts": [[second, value, n] for (second, value), n in counts.items()],
                     "samples": [dict(records[i]) for i in newest[:SAMPLES_PER_RULE]],
                 }
         return out
-
-    @staticmethod
-    def _candidates(plan: _Plan, records: list[Mapping[str, Any]], by_level: dict[str, list[int]],
-                    by_source: dict[str, list[int]]) -> Iterable[int]:
-        """Indexes of the records that can match ``plan``, from the batch's level/source index."""
-        sets: list[Iterable[int]] = []
-        if plan.levels is not None or plan.min_score is not None:
-            levels = [level for level in by_level
-                      if (plan.levels is None or level in plan.levels)
-                      and (plan.min_score is None or severity(level) >= plan.min_score)]
-            sets.append(sorted(i for level in levels for i in by_level[level]))
-        if plan.sources is not None:
-            sets.append([i for source in plan.sources for i in by_source.get(source, ())])
-        if not sets:
-            return range(len(records))
-        if len(sets) == 1:
-            return sets[0]
-        return sorted(set(sets[0]).intersection(*sets[1:]))
