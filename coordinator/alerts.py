@@ -279,16 +279,21 @@ class AlertEngine:
                     window = self.windows[rule_id, group] = WindowCounts(rule.window_s)
                 if window.add(second, n, now_s):
                     touched.add((rule_id, group))
+            # keep the newest SAMPLES by (timestamp, id) per group, whatever order batches arrive in
+            # (samples arrive freshly decoded from the ack: kept without copying)
+            arrived: dict[str, list[dict[str, Any]]] = {}
             for sample in part.get("samples") or ():
-                if not isinstance(sample, Mapping) or not isinstance(sample.get("ts_ns"), int):
+                if not isinstance(sample, dict) or not isinstance(sample.get("ts_ns"), int):
                     continue
-                for group in self._sample_groups(rule, sample):
-                    # keep the newest SAMPLES by (timestamp, id), whatever order batches arrive in
-                    kept = self.samples.setdefault((rule_id, group), [])
-                    kept.append(dict(sample))
-                    if len(kept) > SAMPLES:
-                        kept.sort(key=_sample_key, reverse=True)
-                        del kept[SAMPLES:]
+                for group in (self._sample_groups(rule, sample) if rule.group_by else ("",)):
+                    arrived.setdefault(group, []).append(sample)
+            for group, new in arrived.items():
+                kept = self.samples.get((rule_id, group))
+                merged = new if kept is None else kept + new
+                if len(merged) > SAMPLES:
+                    merged.sort(key=_sample_key, reverse=True)
+                    del merged[SAMPLES:]
+                self.samples[rule_id, group] = merged
         return self._evaluate(touched, now_ns)
 
     @staticmethod
