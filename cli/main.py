@@ -24,7 +24,7 @@ import click
 
 from cli import render
 from cli.connect import CliError, Connection, connect
-from coordinator.api import call_retrying
+from coordinator.api import call_retrying, read_alerts_jsonl
 from storage.errors import ShardlogError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -576,20 +576,11 @@ def alerts_export(socket_path: str | None, data_dir: str | None, file: str) -> N
 def alerts_import(socket_path: str | None, data_dir: str | None, file: str) -> None:
     """Add the alerts of FILE (JSON lines, as `alerts export` writes) to the history.  Every line is
     checked first: one bad line imports nothing.  An alert already there (same key) is not doubled."""
-    items: list[dict[str, Any]] = []
     with click.open_file(file, "r", encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CliError(f"{file} line {number} is not valid JSON ({err.msg} at column {err.colno}); "
-                               "fix it and import again (nothing was imported)") from None
-            if not isinstance(item, dict) or not isinstance(item.get("rule"), str):
-                raise CliError(f"{file} line {number} is not an alert object with a \"rule\" name; fix it and import "
-                               "again (nothing was imported)")
-            items.append(item)
+        try:
+            items = read_alerts_jsonl(handle, file)
+        except ShardlogError as err:
+            raise CliError(err.message) from None
     imported = 0
     with connect(socket_path, data_dir) as conn:
         for start in range(0, len(items), IMPORT_BATCH):

@@ -691,20 +691,8 @@ class LogAnalyticsEngine:
         """Add the alerts of a JSON-lines file (as ``persist_alerts_to_file`` writes it) to the
         daemon's history.  Every line is checked first; a bad line raises ``BadRecord`` and nothing is
         imported.  Alerts already in the history (same key) are not doubled."""
-        alerts: list[dict[str, Any]] = []
         with open(path, encoding="utf-8", errors="replace") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    alert = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BadRecord(f"{path} line {number} is not valid JSON ({exc.msg}); fix it and load again "
-                                    "(nothing was loaded)") from None
-                if not isinstance(alert, dict) or not isinstance(alert.get("rule"), str):
-                    raise BadRecord(f"{path} line {number} is not an alert object with a \"rule\" name; fix it and "
-                                    "load again (nothing was loaded)")
-                alerts.append(alert)
+            alerts = read_alerts_jsonl(handle, str(path))
         for start in range(0, len(alerts), ALERT_IMPORT_BATCH):
             self._client.call("alerts_import", {"alerts": alerts[start:start + ALERT_IMPORT_BATCH]})
 
@@ -743,3 +731,21 @@ def read_line_chunks(handle: Iterable[str], *, max_lines: int = INGEST_BATCH_REC
     if lines:
         yield first_line, lines
 
+
+def read_alerts_jsonl(lines: Any, name: str) -> list[dict[str, Any]]:
+    """Alert objects from JSON lines (as ``alerts export`` / ``persist_alerts_to_file`` write them),
+    all checked before any is used: a bad line raises ``BadRecord`` naming the line."""
+    alerts: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            alert = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadRecord(f"{name} line {number} is not valid JSON ({exc.msg} at column {exc.colno}); fix it "
+                            "and import again (nothing was imported)") from None
+        if not isinstance(alert, dict) or not isinstance(alert.get("rule"), str):
+            raise BadRecord(f"{name} line {number} is not an alert object with a \"rule\" name; fix it and "
+                            "import again (nothing was imported)")
+        alerts.append(alert)
+    return alerts
