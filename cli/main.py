@@ -12,7 +12,6 @@ inside the command, so the query commands never load the daemon (or LMDB).
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
