@@ -279,7 +279,10 @@ class Store:
         held: list[_Task] = []
         while True:
             try:
-                tasks = [self._queue.get(timeout=0.05 if held else None)]
+                if held and self._tail_records < self.config.max_unsealed_records:
+                    tasks = [self._queue.get_nowait()]  # room again: commit the held batches now
+                else:
+                    tasks = [self._queue.get(timeout=0.05 if held else None)]
             except queue.Empty:
                 tasks = []
             while len(tasks) < 10_000:
