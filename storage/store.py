@@ -64,7 +64,7 @@ class StoreConfig:
     #: records accepted but not yet committed; beyond it ingest answers Overloaded (retryable)
     max_pending_records: int = 500_000
     #: acknowledged records not yet sealed into blocks (held in memory); beyond it new batches wait
-    max_unsealed_records: int = 65_536
+    max_unsealed_records: int = 16_384
     #: decoded columns and posting bitmaps kept in memory for repeated queries (estimated bytes)
     cache_bytes: int = 64 * 1024 * 1024
     reader_check_interval_s: float = 60.0
