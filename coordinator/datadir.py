@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.config import MAX_SOCKET_PATH, SOCKET_POINTER, ConfigError, short_runtime_dir, socket_path_for
+from coordinator.config import MAX_SOCKET_PATH, SOCKET_POINTER, ConfigError, short_runtime_dir
 from storage.env import make_private_dir, take_owner_lock
 from storage.errors import FormatMismatch
 

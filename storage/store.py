@@ -221,11 +221,7 @@ class Store:
                     self._tail.append(_WalEntry(seq, batch, start))
                     self._tail_records += len(batch) - start
                 self._next_seq = seq + 1
-        items.sort()
-        self._tree = IntervalTree.from_items(items) if hasattr(IntervalTree, "from_items") else IntervalTree()
-        if not hasattr(IntervalTree, "from_items"):
-            for item in items:
-                self._tree.insert(*item)
+        self._tree = IntervalTree.from_items(items)
         self._next_block_id = max(self._headers, default=-1) + 1
         self._tail_since = time.monotonic()
         if self._tail:

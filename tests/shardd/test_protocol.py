@@ -47,7 +47,6 @@ from shardd.protocol import (
     serve_connection,
     unpack,
     write_frame,
-    write_frame_async,
 )
 from storage.errors import BadQuery, BadRequest, CorruptData, NotFound, ShardlogError, ShardUnavailable
 
