@@ -110,8 +110,15 @@ def term_bytes(term: str) -> tuple[bytes, bool]:
     raw = term.encode("utf-8", "surrogatepass")
     if len(raw) <= MAX_TERM_BYTES:
         return raw, True
+    return stored_term(raw), False
+
+
+def stored_term(raw: bytes) -> bytes:
+    """The stored form of a term's UTF-8 bytes: itself, or a prefix and a digest past the limit."""
+    if len(raw) <= MAX_TERM_BYTES:
+        return raw
     digest = hashlib.blake2b(raw, digest_size=16).hexdigest().encode()
-    return raw[:_HASHED_PREFIX_BYTES] + b"#" + digest, False
+    return raw[:_HASHED_PREFIX_BYTES] + b"#" + digest
 
 
 def posting_key(block_id: int, term: str) -> tuple[bytes, bool]:

@@ -449,7 +449,7 @@ class Store:
         for column, data in sealed.columns.items():
             txn.put(layout.column_key(block_id, column), data, db=self._dbs[layout.DB_COLUMNS])
         postings_db = self._dbs[layout.DB_POSTINGS]
-        for key, data in sorted((layout.posting_key(block_id, t)[0], d) for t, d in sealed.postings.items()):
+        for key, data in sorted((prefix + t, d) for t, d in sealed.postings.items()):
             txn.put(key, data, db=postings_db)
         for entry, _, end in taken:
             key = layout.u64(entry.seq)

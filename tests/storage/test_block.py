@@ -51,6 +51,11 @@ def _term_rows(rows: list[dict[str, Any]]) -> dict[str, list[int]]:
     return out
 
 
+def _stored(term: str) -> bytes:
+    """Postings are keyed by the stored form of the term (hashed past LMDB's key limit)."""
+    return layout.term_bytes(term)[0]
+
+
 def _check_block(records: list[dict[str, Any]], block_id: int, where: str) -> None:
     block = build_block(records, block_id)
     rows = sorted(records, key=lambda r: (r["ts_ns"], r["id"]))
@@ -65,9 +70,10 @@ def _check_block(records: list[dict[str, Any]], block_id: int, where: str) -> No
     # postings: exactly the rows of every repeated term, and of every level / source / tag
     expected = _term_rows(rows)
     posted = {term for term, term_rows in expected.items() if len(term_rows) > 1 or term[:2] in ALWAYS_POSTED}
-    assert set(block.postings) == posted, f"posted terms differ: {where}"
+    assert set(block.postings) == {_stored(term) for term in posted}, f"posted terms differ: {where}"
     for term in posted:
-        assert rows_of(decode_postings(block.postings[term])) == expected[term], f"postings of {term!r}: {where}"
+        assert rows_of(decode_postings(block.postings[_stored(term)])) == expected[term], \
+            f"postings of {term!r}: {where}"
 
     # one-row terms: no posting list, present in the bloom filter
     for term, term_rows in expected.items():
@@ -127,8 +133,8 @@ def test_metadata_values_that_render_alike_share_a_posting() -> None:
     records = [make_record(1, 1, metadata={"code": 1}), make_record(2, 2, metadata={"code": "1"}),
                make_record(3, 3, metadata={"code": "true"}), make_record(4, 4, metadata={"code": "true"})]
     block = build_block(records, 0)
-    assert rows_of(decode_postings(block.postings["m:code=1"])) == [0, 1]
-    assert rows_of(decode_postings(block.postings["m:code=true"])) == [2, 3]
+    assert rows_of(decode_postings(block.postings[b"m:code=1"])) == [0, 1]
+    assert rows_of(decode_postings(block.postings[b"m:code=true"])) == [2, 3]
     assert [m["code"] for m in decode_column(layout.COL_METADATA, block.columns[layout.COL_METADATA])] == [
         1, "1", "true", "true"]
 
@@ -141,8 +147,21 @@ def test_metadata_true_and_1_and_1_point_0_are_different_terms() -> None:
     expected = _term_rows(sorted(records, key=lambda r: (r["ts_ns"], r["id"])))
     assert expected["m:v=true"] == [1, 5] and expected["m:v=1"] == [0]  # the oracle's view
     block = build_block(records, 0)
-    got = {term: rows_of(decode_postings(data)) for term, data in block.postings.items() if term.startswith("m:")}
-    assert got == {"m:v=true": [1, 5]}, "only 'true' occurs in two rows; 1, 1.0, 0 and false are one-row terms"
+    got = {term: rows_of(decode_postings(data)) for term, data in block.postings.items() if term.startswith(b"m:")}
+    assert got == {b"m:v=true": [1, 5]}, "only 'true' occurs in two rows; 1, 1.0, 0 and false are one-row terms"
+
+
+def test_long_terms_are_posted_hashed_and_a_repeated_tag_is_one_row() -> None:
+    """A token past LMDB's key limit is stored as prefix + digest, under the same key a query
+    computes (``layout.term_bytes``); a tag listed twice in one record counts that record once."""
+    long_token = "x" * 600
+    records = [make_record(i, i, message=f"{long_token} row{i}", tags=["dup", "dup"]) for i in range(3)]
+    block = build_block(records, 0)
+    stored, exact = layout.term_bytes("w:" + long_token)
+    assert not exact and len(stored) <= layout.MAX_TERM_BYTES
+    assert rows_of(decode_postings(block.postings[stored])) == [0, 1, 2]
+    assert rows_of(decode_postings(block.postings[b"t:dup"])) == [0, 1, 2]
+    assert block.header.tags == {"dup": 3}
 
 
 def test_block_size_limits() -> None:
