@@ -212,7 +212,53 @@ def _epoch_number_ns(negative: bool, whole: int, fraction: str | None) -> int | 
     return _in_range(-ts_ns if negative else ts_ns)
 
 
+#: "YYYY-MM-DDTHH:MM:SS" -> ns of that second, for the stamps senders write most
+#: ("2026-11-27T21:20:18.123456Z"); logs arrive roughly in time order, so consecutive records share
+#: the second and the regex, date validation and civil-day arithmetic run once per second, not per
+#: record.  Bounded: cleared when full.
+_SECOND_CACHE: dict[str, int] = {}
+_SECOND_CACHE_MAX = 4096
+_DIGITS = frozenset("0123456789")
+
+
+def _parse_utc_z(text: str) -> int | None:
+    """The fast path for ``YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z``: ns, or None when ``text`` has another
+    form (then the general parser decides, so both paths agree on every input)."""
+    n = len(text)
+    if n < 20 or text[-1] != "Z" or text[10] != "T":
+        return None
+    if n == 20:
+        fraction_ns = 0
+    else:
+        digits = text[20:-1]
+        if text[19] != "." or not 1 <= len(digits) <= 9 or not _DIGITS.issuperset(digits):
+            return None
+        fraction_ns = int(digits) * 10 ** (9 - len(digits))
+    second = text[:19]
+    base = _SECOND_CACHE.get(second)
+    if base is None:
+        try:
+            base = _parse_text_general(second + "Z")
+        except _OutOfRange:
+            return None
+        # the general parser accepted exactly this second (same regex and checks), and it is not
+        # within a second of the int64 range's ends, where a fraction could leave the range
+        if base is None or not MIN_TS_NS + NS_PER_S <= base <= MAX_TS_NS - NS_PER_S:
+            return None
+        if len(_SECOND_CACHE) >= _SECOND_CACHE_MAX:
+            _SECOND_CACHE.clear()
+        _SECOND_CACHE[second] = base
+    return base + fraction_ns
+
+
 def _parse_text(text: str) -> int | None:
+    fast = _parse_utc_z(text)
+    if fast is not None:
+        return fast
+    return _parse_text_general(text)
+
+
+def _parse_text_general(text: str) -> int | None:
     match = _ISO_RE.fullmatch(text)
     if match is not None:
         year, month, day, hour, minute, second, fraction, _z, sign, off_h, off_m = match.groups()

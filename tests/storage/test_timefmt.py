@@ -395,3 +395,44 @@ def test_parsers_fail_only_in_their_documented_way(text: str) -> None:
             parse(text)
         except BadQuery:
             pass
+
+
+# --- the cached fast path for "YYYY-MM-DDTHH:MM:SS[.f]Z" ------------------------------------------
+
+Z_STAMPS = st.builds(
+    lambda y, mo, d, h, mi, s, frac: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{frac}Z",
+    st.integers(0, 9999), st.integers(0, 13), st.integers(0, 32), st.integers(0, 25), st.integers(0, 61),
+    st.integers(0, 61), st.sampled_from(["", "."]) | st.from_regex(r"\A\.[0-9]{1,12}\Z") | st.just(".٣"),
+)
+
+
+@settings(max_examples=500)
+@given(Z_STAMPS)
+def test_utc_z_fast_path_agrees_with_the_general_parser(text: str) -> None:
+    """Valid and invalid dates, leap seconds, 1..12 fraction digits, a non-ASCII digit: the cached
+    path answers exactly what the general parser answers — twice, so the second answer comes from
+    the cache."""
+    from storage import timefmt
+
+    try:
+        expected = timefmt._parse_text_general(text)
+    except timefmt._OutOfRange as exc:
+        expected = ("out of range", exc.ts_ns)
+    for _ in range(2):
+        try:
+            got = timefmt._parse_text(text)
+        except timefmt._OutOfRange as exc:
+            got = ("out of range", exc.ts_ns)
+        assert got == expected, text
+
+
+def test_utc_z_fast_path_matches_the_oracle_and_its_cache_stays_bounded() -> None:
+    from storage import timefmt
+
+    assert parse_timestamp("2024-01-01T14:02:00.5Z") == BASE + 500_000_000
+    assert parse_timestamp("2024-01-01T14:02:00.123456789Z") == BASE + 123_456_789
+    assert parse_timestamp("2024-01-01T14:02:00Z") == BASE
+    for second in range(timefmt._SECOND_CACHE_MAX + 10):
+        assert parse_timestamp(f"2024-01-01T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z") == \
+            ns(2024, 1, 1) + second * 10**9
+    assert len(timefmt._SECOND_CACHE) <= timefmt._SECOND_CACHE_MAX
