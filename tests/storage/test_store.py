@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storage import layout
 from storage import query as q
@@ -388,6 +390,39 @@ def test_check_records_refuses_metadata_values_outside_the_record_shape(value: A
 def test_check_records_accepts_the_stored_shape() -> None:
     records = RecordGen(random.Random(3)).records(50)
     assert check_records(records) is records
+
+
+_ODD_VALUES = st.sampled_from([None, True, False, 0, -1, 2**63, -(2**63) - 1, 1.5, float("nan"), float("inf"),
+                               "", "x", b"x", [], ["a"], ["a", 1], {}, {"k": "v"}, {"k": None}, {"k": [1]},
+                               {"k": 2**64}, {"k": float("nan")}, {"k": True}, {"k": 1.5}, KeyError])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["id", "ts_ns", "level", "message", "source", "tags", "metadata", "thread_id",
+                        "request_id", "user_id", "extra"]), _ODD_VALUES)
+def test_check_records_fast_path_never_accepts_what_the_full_check_refuses(name: str, value: Any) -> None:
+    """``check_records`` tests the common shape in one fast pass; one odd field at a time, the
+    answer is the full check's: the same BadRequest, or acceptance."""
+    from storage import store as store_module
+
+    record = make_record(0, 0)
+    if value is KeyError:
+        record.pop(name, None)
+    else:
+        record[name] = value
+    try:
+        store_module._check_record(0, record)
+        expected: str | None = None
+    except BadRequest as exc:
+        expected = exc.message
+    if store_module._well_formed(record):
+        assert expected is None, f"fast path accepted {name}={value!r}; full check says {expected}"
+    try:
+        check_records([record])
+        got: str | None = None
+    except BadRequest as exc:
+        got = exc.message
+    assert got == expected
 
 
 # --- stats, order, retention -----------------------------------------------------------------------
