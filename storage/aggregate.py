@@ -23,6 +23,7 @@ from bisect import bisect_left
 from typing import Any, Iterable, Mapping, Sequence
 
 from storage.errors import BadQuery, BadRequest
+from storage.header import MINUTE_NS
 from storage.layout import meta_value_text
 
 #: per shard, top-N sends at most this many values per field; beyond it the merged top-N is approximate
@@ -208,9 +209,25 @@ class Aggregator:
                 th[bucket] = th.get(bucket, 0) + count
             lo = hi
 
+    def add_minute_counts(self, counts: Mapping[int, int], *, count_total: bool = True) -> None:
+        """Matches per minute start (ns), from a block header's minute counts; only for intervals that
+        are whole minutes (every minute then lies in exactly one bucket)."""
+        interval = self.spec.interval_ns
+        if interval is None or interval % MINUTE_NS:
+            raise ValueError(f"minute counts cannot answer an interval of {interval} ns")
+        th = self.partial["time_histogram"]
+        total = 0
+        for minute_ns, n in counts.items():
+            bucket = minute_ns // interval * interval
+            th[bucket] = th.get(bucket, 0) + n
+            total += n
+        if count_total:
+            self.partial["total"] += total
+
     def add_header_counts(self, count: int, header_counts: Mapping[str, Mapping[str, int]],
-                          timestamps: Sequence[int] | None) -> None:
-        """A whole block matched: use its header counts (only valid when ``spec.header_only``)."""
+                          timestamps: Sequence[int] | None, minutes: Mapping[int, int] | None = None) -> None:
+        """A whole block matched: use its header counts (only valid when ``spec.header_only``); the
+        time histogram from ``minutes`` (``BlockHeader.minute_counts``) or else ``timestamps``."""
         partial = self.partial
         partial["total"] += count
         if self._group is not None:
@@ -221,7 +238,9 @@ class Aggregator:
             counts = partial["top"][name]
             for value, n in header_counts[kind].items():
                 counts[value] = counts.get(value, 0) + n
-        if self.spec.interval_ns is not None:
+        if self.spec.interval_ns is not None and minutes is not None:
+            self.add_minute_counts(minutes, count_total=False)
+        elif self.spec.interval_ns is not None:
             if timestamps is None:
                 raise ValueError("time histogram needs the block's timestamps")
             total = partial["total"]

@@ -22,6 +22,8 @@ Column encodings (inside the zstd frame):
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
+from collections import Counter
 from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -32,7 +34,7 @@ import zstandard
 from storage import layout
 from storage.bloom import build_bloom
 from storage.errors import CorruptData
-from storage.header import BlockHeader
+from storage.header import MINUTE_NS, BlockHeader
 from storage.postings import encode_postings
 from storage.tokens import _TOKEN_RE
 
@@ -215,6 +217,19 @@ def _term_rows(messages: list[str], metadata: list[dict[str, Any]], threads: lis
     return out
 
 
+def _minute_level_counts(ts: list[int], levels: list[str]) -> dict[int, dict[str, int]]:
+    """minute -> level -> count; ``ts`` ascending, so each minute is a contiguous row range."""
+    out: dict[int, dict[str, int]] = {}
+    n = len(ts)
+    lo = 0
+    while lo < n:
+        minute = ts[lo] // MINUTE_NS
+        hi = bisect_left(ts, (minute + 1) * MINUTE_NS, lo)
+        out[minute] = dict(Counter(levels[lo:hi]))
+        lo = hi
+    return out
+
+
 def build_block(records: Iterable[Mapping[str, Any]], block_id: int) -> SealedBlock:
     rows = sorted(records, key=lambda r: (r["ts_ns"], r["id"]))
     n = len(rows)
@@ -266,7 +281,8 @@ def build_block(records: Iterable[Mapping[str, Any]], block_id: int) -> SealedBl
     for row_tags in tags:
         for tag in set(row_tags):
             tag_counts[tag] = tag_counts.get(tag, 0) + 1
-    header = BlockHeader(block_id, ts[0], ts[-1], n, level_counts, source_counts, tag_counts)
+    header = BlockHeader(block_id, ts[0], ts[-1], n, level_counts, source_counts, tag_counts,
+                         _minute_level_counts(ts, levels))
     return SealedBlock(header, columns, postings, bloom)
 
 

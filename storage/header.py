@@ -3,6 +3,14 @@
 A header is kept apart from the block body (its own LMDB database) and all headers live in memory
 while a store is open: min/max timestamp feed the AVL time index, and the per-level, per-source and
 per-tag counts answer counts and aggregations over whole blocks without decompressing anything.
+Per-minute level counts (``minutes``) answer time histograms with whole-minute intervals the same
+way ("ERROR per minute over the last hour" reads no block).
+
+Stored form (msgpack array):
+    version 1: [1, block_id, min_ts, max_ts, count, levels, sources, tags]
+    version 2: [2, block_id, min_ts, max_ts, count, levels, sources, tags, [[minute, levels], ...]]
+where ``minute`` is ``ts_ns // 60e9`` (floor) and ``levels`` maps level -> count in that minute.
+Version 1 headers (written before minutes existed) still decode, with ``minutes`` None.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import msgpack
 
 from storage.errors import CorruptData
 
+MINUTE_NS = 60 * 10**9
+
 
 @dataclass(slots=True)
 class BlockHeader:
@@ -24,10 +34,18 @@ class BlockHeader:
     levels: dict[str, int]
     sources: dict[str, int]
     tags: dict[str, int]
+    #: minute (ts_ns // MINUTE_NS) -> level -> count; None for headers stored before version 2
+    minutes: dict[int, dict[str, int]] | None = None
 
     def encode(self) -> bytes:
+        if self.minutes is None:
+            return msgpack.packb(
+                [1, self.block_id, self.min_ts, self.max_ts, self.count, self.levels, self.sources, self.tags],
+                use_bin_type=True,
+            )
         return msgpack.packb(
-            [1, self.block_id, self.min_ts, self.max_ts, self.count, self.levels, self.sources, self.tags],
+            [2, self.block_id, self.min_ts, self.max_ts, self.count, self.levels, self.sources, self.tags,
+             [[minute, levels] for minute, levels in self.minutes.items()]],
             use_bin_type=True,
         )
 
@@ -37,14 +55,23 @@ class BlockHeader:
             value = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
             raise CorruptData(f"block header is not valid msgpack: {exc}") from exc
-        if not isinstance(value, list) or len(value) != 8 or value[0] != 1:
+        if not isinstance(value, list) or not value or (value[0], len(value)) not in ((1, 8), (2, 9)):
             raise CorruptData(f"block header has an unexpected shape: {value!r:.200}")
-        _, block_id, min_ts, max_ts, count, levels, sources, tags = value
+        block_id, min_ts, max_ts, count, levels, sources, tags = value[1:8]
         if not all(isinstance(v, int) for v in (block_id, min_ts, max_ts, count)) or not all(
             isinstance(v, dict) for v in (levels, sources, tags)
         ):
             raise CorruptData(f"block header {block_id!r} has fields of the wrong type")
-        return BlockHeader(block_id, min_ts, max_ts, count, levels, sources, tags)
+        minutes = None
+        if value[0] == 2:
+            pairs = value[8]
+            if not isinstance(pairs, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and isinstance(p[1], dict)
+                for p in pairs
+            ):
+                raise CorruptData(f"block header {block_id!r} has malformed minute counts")
+            minutes = {minute: level_counts for minute, level_counts in pairs}
+        return BlockHeader(block_id, min_ts, max_ts, count, levels, sources, tags, minutes)
 
     def field_counts(self, field: str) -> dict[str, int] | None:
         """Per-value counts the header keeps for ``field`` (None when it keeps none)."""
@@ -55,6 +82,17 @@ class BlockHeader:
         if field in ("tag", "tags"):
             return self.tags
         return None
+
+    def minute_counts(self, levels: set[str]) -> dict[int, int] | None:
+        """Records per minute start (ns) whose level is in ``levels``; None without minute counts."""
+        if self.minutes is None:
+            return None
+        out: dict[int, int] = {}
+        for minute, level_counts in self.minutes.items():
+            n = sum(c for level, c in level_counts.items() if level in levels)
+            if n:
+                out[minute * MINUTE_NS] = n
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {"block_id": self.block_id, "min_ts": self.min_ts, "max_ts": self.max_ts, "count": self.count}

@@ -27,7 +27,7 @@ from storage.aggregate import AggSpec, Aggregator
 from storage.bloom import bloom_may_contain, term_hashes
 from storage.block import decode_column
 from storage.errors import BadQuery
-from storage.header import BlockHeader
+from storage.header import MINUTE_NS, BlockHeader
 from storage.levels import severity
 from storage.planner import block_filter, header_answerable, matching_rows, prepare
 from storage.postings import decode_postings, row_range, rows_of
@@ -228,6 +228,45 @@ def header_count(node: q.Node, header: BlockHeader) -> int | None:
     return None
 
 
+def header_levels(node: q.Node, header: BlockHeader) -> set[str] | None:
+    """The levels L such that, in this block, ``node`` matches exactly the records whose level is
+    in L; None when the header cannot tell (message terms, a time bound inside the block, a
+    source or tag some but not all records have).  With the header's per-minute level counts this
+    answers time histograms without reading the block."""
+    if isinstance(node, q.MatchAll):
+        return set(header.levels)
+    if isinstance(node, q.Field):
+        if node.name == "level":
+            return {node.value} & header.levels.keys()
+        counts = header.field_counts(node.name)
+        if counts is None:
+            return None
+        c = counts.get(node.value, 0)
+        return set() if c == 0 else set(header.levels) if c == header.count else None
+    if isinstance(node, q.MinSeverity):
+        return {level for level in header.levels if severity(level) >= node.score}
+    if isinstance(node, q.TimeRange):
+        c = header_count(node, header)
+        return None if c is None else set() if c == 0 else set(header.levels)
+    if isinstance(node, (q.And, q.Or)):
+        parts = [header_levels(child, header) for child in node.children]
+        if isinstance(node, q.And) and any(p is not None and not p for p in parts):
+            return set()  # one child matches nothing here
+        if any(p is None for p in parts):
+            return None
+        out = set(header.levels) if isinstance(node, q.And) else set()
+        for p in parts:
+            if isinstance(node, q.And):
+                out &= p  # type: ignore[operator]  # None excluded above
+            else:
+                out |= p  # type: ignore[operator]
+        return out
+    if isinstance(node, q.Not):
+        inner = header_levels(node.child, header)
+        return None if inner is None else set(header.levels) - inner
+    return None
+
+
 # --- row queries --------------------------------------------------------------------------------
 
 
@@ -387,6 +426,8 @@ def run_aggregate(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
     blocks, present = prefilter(snap, node, hashes)
     node = prepare(node)
     by_header = header_answerable(node)
+    # whole-minute intervals: per-minute level counts in the headers answer the time histogram
+    by_minutes = spec.interval_ns is not None and spec.interval_ns % MINUTE_NS == 0
     with env_read() as txn:
         for header in blocks:
             view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
@@ -394,10 +435,17 @@ def run_aggregate(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
                 c = header_count(node, header) if by_header else None
                 if c == 0:
                     continue
+                if by_minutes and header.minutes is not None and agg.time_only:
+                    levels = header_levels(node, header)
+                    if levels is not None:
+                        agg.add_minute_counts(header.minute_counts(levels))
+                        continue
                 if c == header.count and spec.header_only:
-                    timestamps = view.column(layout.COL_TS) if spec.interval_ns is not None else None
+                    minutes = header.minute_counts(set(header.levels)) if by_minutes else None
+                    timestamps = view.column(layout.COL_TS) if spec.interval_ns is not None and \
+                        minutes is None else None
                     agg.add_header_counts(c, {"level": header.levels, "source": header.sources,
-                                              "tags": header.tags}, timestamps)
+                                              "tags": header.tags}, timestamps, minutes)
                     continue
                 bits = matching_rows(node, view)
                 if not bits:

@@ -144,6 +144,18 @@ class Checker:
 
     def check_aggregate(self, node: q.Node, expected: list[dict[str, Any]], where: str) -> None:
         rng = self.rng
+        if rng.random() < 0.3:
+            # a time histogram alone: whole-minute intervals are answered from the headers' per-minute
+            # level counts where the filter allows it, 90 s and 7.5 s from the timestamps
+            interval_ns = rng.choice((60 * S_NS, 2 * 60 * S_NS, 3_600 * S_NS, 90 * S_NS, 7_500_000_000))
+            spec = AggSpec(interval_ns=interval_ns)
+            result = finalize(from_wire(self.store.aggregate(node, spec)), spec)
+            where = f"{where} spec={spec.to_wire()!r}"
+            assert result["total"] == len(expected), f"aggregate total: {where}"
+            buckets = Counter(r["ts_ns"] // interval_ns * interval_ns for r in expected)
+            assert result["time_histogram"] == sorted([b, n] for b, n in buckets.items()), (
+                f"time histogram alone: {where}")
+            return
         top_n = rng.choice((1, 2, 3, 10))
         if rng.random() < 0.4:
             # fields the block headers count: whole matching blocks are answered from headers alone
