@@ -15,7 +15,7 @@ Version 1 headers (written before minutes existed) still decode, with ``minutes`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -36,6 +36,8 @@ class BlockHeader:
     tags: dict[str, int]
     #: minute (ts_ns // MINUTE_NS) -> level -> count; None for headers stored before version 2
     minutes: dict[int, dict[str, int]] | None = None
+    #: level -> minute start (ns) -> count, derived from ``minutes`` when first asked (not stored)
+    _by_level: dict[str, dict[int, int]] | None = field(default=None, compare=False, repr=False)
 
     def encode(self) -> bytes:
         if self.minutes is None:
@@ -87,11 +89,21 @@ class BlockHeader:
         """Records per minute start (ns) whose level is in ``levels``; None without minute counts."""
         if self.minutes is None:
             return None
+        by_level = self._by_level
+        if by_level is None:
+            # per level, built on first use: queries ask for one level (or a few) per block
+            by_level = {}
+            for minute, level_counts in self.minutes.items():
+                for level, n in level_counts.items():
+                    by_level.setdefault(level, {})[minute * MINUTE_NS] = n
+            self._by_level = by_level
+        if len(levels) == 1:
+            for level in levels:
+                return by_level.get(level, {})
         out: dict[int, int] = {}
-        for minute, level_counts in self.minutes.items():
-            n = sum(c for level, c in level_counts.items() if level in levels)
-            if n:
-                out[minute * MINUTE_NS] = n
+        for level in levels:
+            for minute_ns, n in by_level.get(level, {}).items():
+                out[minute_ns] = out.get(minute_ns, 0) + n
         return out
 
     def summary(self) -> dict[str, Any]:

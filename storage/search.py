@@ -248,18 +248,25 @@ def header_levels(node: q.Node, header: BlockHeader) -> set[str] | None:
     if isinstance(node, q.TimeRange):
         c = header_count(node, header)
         return None if c is None else set() if c == 0 else set(header.levels)
-    if isinstance(node, (q.And, q.Or)):
-        parts = [header_levels(child, header) for child in node.children]
-        if isinstance(node, q.And) and any(p is not None and not p for p in parts):
-            return set()  # one child matches nothing here
-        if any(p is None for p in parts):
-            return None
-        out = set(header.levels) if isinstance(node, q.And) else set()
-        for p in parts:
-            if isinstance(node, q.And):
-                out &= p  # type: ignore[operator]  # None excluded above
-            else:
-                out |= p  # type: ignore[operator]
+    if isinstance(node, q.And):
+        out: set[str] | None = set(header.levels)
+        unknown = False
+        for child in node.children:
+            part = header_levels(child, header)
+            if part is None:
+                unknown = True
+            elif not part:
+                return part  # one child matches nothing here
+            elif out is not None:
+                out &= part
+        return None if unknown else out
+    if isinstance(node, q.Or):
+        out = set()
+        for child in node.children:
+            part = header_levels(child, header)
+            if part is None:
+                return None
+            out |= part
         return out
     if isinstance(node, q.Not):
         inner = header_levels(node.child, header)
@@ -432,14 +439,15 @@ def run_aggregate(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
         for header in blocks:
             view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
-                c = header_count(node, header) if by_header else None
-                if c == 0:
-                    continue
                 if by_minutes and header.minutes is not None and agg.time_only:
                     levels = header_levels(node, header)
                     if levels is not None:
-                        agg.add_minute_counts(header.minute_counts(levels))
+                        if levels:
+                            agg.add_minute_counts(header.minute_counts(levels))
                         continue
+                c = header_count(node, header) if by_header else None
+                if c == 0:
+                    continue
                 if c == header.count and spec.header_only:
                     minutes = header.minute_counts(set(header.levels)) if by_minutes else None
                     timestamps = view.column(layout.COL_TS) if spec.interval_ns is not None and \
