@@ -103,15 +103,15 @@ class HttpApi:
         return params
 
     async def insert_jsonline(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        lines = body.split(b"\n")
         key = request.headers.get("Idempotency-Key")
         renames = shipper_http.field_renames(request.query)  # _msg_field, _time_field, _level_field
+        lines = (await self._body(request)).split(b"\n")
         if renames:
-            result = await shipper_http.ingest_jsonl_renamed(self.service, lines, renames, idempotency_key=key)
+            stored = shipper_http.ingest_jsonl_renamed(self.service, lines, renames, idempotency_key=key)
         else:
-            result = await self.service.ingest_lines(lines, "jsonl", idempotency_key=key)
-        return _json(result)
+            stored = self.service.ingest_lines(lines, "jsonl", idempotency_key=key)
+        del lines  # the service frees them once parsed, if nothing here holds them
+        return _json(await stored)
 
     async def query(self, request: web.Request) -> web.Response:
         return _json(await self.service.query(await self._params(request)))

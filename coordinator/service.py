@@ -23,6 +23,7 @@ import os
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import msgpack
@@ -50,6 +51,19 @@ FOLLOW_GRACE_S = 60.0
 MAX_TAIL_WAIT_S = 30.0
 #: how long an overloaded ingest waits for room before answering Overloaded
 ADMIT_WAIT_S = 2.0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """An ingest batch once normalized and routed: what is kept while the shards store it."""
+
+    accepted: int
+    rejected: list[dict[str, Any]]
+    dropped: int
+    #: (shard id, msgpack of that shard's records)
+    frames: list[tuple[int, bytes]]
+    #: the records, for tail followers only (empty when nobody follows)
+    records: list[dict[str, Any]]
 
 
 class Service:
@@ -133,6 +147,11 @@ class Service:
     async def ingest(self, raws: list[Any], *, idempotency_key: str | None = None, first_line: int = 1,
                      line_numbers: list[int] | None = None, pre_rejected: list[dict[str, Any]] | None = None,
                      ) -> dict[str, Any]:
+        """Normalize, route and store a batch; the answer comes once every target shard committed.
+
+        Memory: while the shards store the batch (the longest part of a request) only the packed
+        frames are kept, not the raw or normalized records; a caller that wants the raw records freed
+        as well passes its only reference (see ``ingest_lines``)."""
         if not isinstance(raws, list):
             raise BadRequest(f"records must be a list of objects, got {type(raws).__name__}")
         if len(raws) > self.config.max_batch_records:
@@ -141,20 +160,14 @@ class Service:
         if idempotency_key is not None and (not isinstance(idempotency_key, str) or len(idempotency_key) > 1024):
             raise BadRequest("idempotency key must be a string of at most 1024 characters")
         started = time.perf_counter()
-        await self._admit(len(raws))
+        n = len(raws)
+        await self._admit(n)
         try:
-            records, rejected = self.normalize(raws, first_line, line_numbers)
-            dropped = 0
-            if self.hooks.active:
-                records, dropped = self.hooks.apply(records, time.time_ns())
-            if pre_rejected:
-                rejected = sorted(pre_rejected + rejected, key=lambda r: r["line"])
-            for record, record_id in zip(records, self._ids(len(records))):
-                record["id"] = record_id
+            batch = self._prepare(raws, first_line, line_numbers, pre_rejected, idempotency_key)
+            del raws, line_numbers, pre_rejected
             key = idempotency_key if idempotency_key is not None else "auto:" + uuid.uuid4().hex
-            batches = route(records, self.n_shards, idempotency_key)
-            results = await asyncio.gather(*(self._ingest_shard(i, batch, f"{key}#{i}")
-                                             for i, batch in enumerate(batches) if batch), return_exceptions=True)
+            results = await asyncio.gather(*(self._ingest_shard(i, packed, f"{key}#{i}") for i, packed in batch.frames),
+                                           return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     self.metrics.requests.labels("ingest", "error").inc()
@@ -165,20 +178,36 @@ class Service:
                 except Exception:  # the batch is durable already: alerting trouble must not fail it
                     log.exception("alert evaluation failed for an ingested batch")
         finally:
-            await self._release(len(raws))
-        self.metrics.ingested.inc(len(records))
+            await self._release(n)
+        self.metrics.ingested.inc(batch.accepted)
         self.metrics.requests.labels("ingest", "ok").inc()
         self.metrics.ingest_latency.observe(time.perf_counter() - started)
-        await self._publish(records)
+        await self._publish(batch.records)
         # records a hook dropped are neither stored nor rejected: reported apart, only when there are any
-        return {"accepted": len(records), "rejected": rejected, **({"dropped": dropped} if dropped else {})}
+        return {"accepted": batch.accepted, "rejected": batch.rejected,
+                **({"dropped": batch.dropped} if batch.dropped else {})}
 
-    async def _ingest_shard(self, shard_id: int, records: list[dict[str, Any]], key: str) -> Any:
+    def _prepare(self, raws: list[Any], first_line: int, line_numbers: list[int] | None,
+                 pre_rejected: list[dict[str, Any]] | None, idempotency_key: str | None) -> _Batch:
+        """The CPU part of ingest: normalize, run hooks, assign ids, route, pack one frame per shard."""
+        records, rejected = self.normalize(raws, first_line, line_numbers)
+        dropped = 0
+        if self.hooks.active:
+            records, dropped = self.hooks.apply(records, time.time_ns())
+        if pre_rejected:
+            rejected = sorted(pre_rejected + rejected, key=lambda r: r["line"])
+        for record, record_id in zip(records, self._ids(len(records))):
+            record["id"] = record_id
+        # packed once here; the shard writes these bytes to its WAL as they are
+        frames = [(i, msgpack.packb(part, use_bin_type=True))
+                  for i, part in enumerate(route(records, self.n_shards, idempotency_key)) if part]
+        return _Batch(len(records), rejected, dropped, frames, records if self._followed() else [])
+
+    async def _ingest_shard(self, shard_id: int, packed: bytes, key: str) -> Any:
         """Send one shard its part; if the shard dies meanwhile, wait for its restart and resend the same
         keyed frame (the shard stores it at most once) until the ingest deadline."""
         deadline = time.monotonic() + self.config.ingest_timeout_s
-        # packed once here; the shard writes these bytes to its WAL as they are
-        args = {"records_packed": msgpack.packb(records, use_bin_type=True), "idempotency_key": key}
+        args = {"records_packed": packed, "idempotency_key": key}
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -251,7 +280,12 @@ class Service:
             raise BadRequest(f"lines must be a list of strings, got {type(lines).__name__}")
         raws, numbers, rejected = self.parse_lines(lines, fmt, first_line, text_parser=text_parser,
                                                    flush_text=flush_text)
-        return await self.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected)
+        # hand the only references over: the lines and raw records are freed as soon as they are
+        # normalized, not kept for the whole time the shards take to store the batch
+        del lines
+        stored = self.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected)
+        del raws, numbers, rejected
+        return await stored
 
     async def _rpc_ingest(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.ingest(args.get("records"), idempotency_key=args.get("idempotency_key"),
@@ -261,16 +295,20 @@ class Service:
         return await self.ingest_lines(args.get("lines"), str(args.get("format", "jsonl")), first_line=_first_line(args),
                                        idempotency_key=args.get("idempotency_key"))
 
+    def _followed(self) -> bool:
+        """Someone follows new records (tail -f): ingested batches are kept for them."""
+        return bool(self._subscribers) or time.monotonic() <= self._followed_until
+
     async def _publish(self, records: list[dict[str, Any]]) -> None:
         """Keep an acknowledged batch for followers (tail -f): one ring entry per batch, numbered by
         the sequence number of its last record."""
-        if not records:
-            return
-        if not self._subscribers and time.monotonic() > self._followed_until:
+        if not self._followed():
             if self._ring:  # nobody follows any more: free the copies
                 self._ring.clear()
                 self._ring_records = 0
             return  # nobody follows: keep no copies (tail without a cursor reads the store)
+        if not records:
+            return
         async with self._ring_cond:
             self._ring_seq += len(records)
             self._ring.append((self._ring_seq, records))
