@@ -6,13 +6,17 @@ Owns the LMDB hygiene rules of DESIGN §4:
 * the map starts at ``map_size_bytes`` and doubles on ``MapFullError`` up to ``max_size_bytes``, after
   which writes fail with ``StoreFull``.  Growing the map needs no transaction open in this process,
   so read transactions enter through ``ReadersGate`` and growth waits for them to leave;
-* ``reader_check()`` at open (and by the store periodically) clears slots of dead readers.
+* ``reader_check()`` at open (and by the store periodically) clears slots of dead readers;
+* ``release_pages()`` drops this process's mappings of data-file pages it read (they stay in the
+  kernel's page cache), so the shard's RSS tracks what it holds, not every page it ever touched.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +26,36 @@ import lmdb
 
 from storage import layout
 from storage.errors import FormatMismatch, StoreFull, StoreLocked
+
+
+_MADV_DONTNEED = 4  # Linux
+
+
+def _load_madvise() -> "ctypes._NamedFuncPointer | None":
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_madvise = _load_madvise()
+
+
+def _read_only_mappings(path: str) -> list[tuple[int, int]]:
+    """(start, end) of this process's read-only mappings of ``path``, from /proc/self/maps."""
+    out = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(None, 5)
+            if len(fields) == 6 and fields[5].rstrip("\n") == path and "w" not in fields[1]:
+                start, end = fields[0].split("-")
+                out.append((int(start, 16), int(end, 16)))
+    return out
 
 
 class ReadersGate:
@@ -150,6 +184,25 @@ class Env:
         with self.gate.exclusive():
             self.env.set_mapsize(new_size)
         self.map_size_bytes = new_size
+
+    def release_pages(self) -> int:
+        """Unmap the data-file pages this process has read (``MADV_DONTNEED`` on LMDB's read-only
+        map; Linux only, else a no-op).  With ``writemap=False`` the map holds no private or dirty
+        pages, so nothing is lost: the pages stay in the page cache and the next read maps them again
+        (a minor fault).  Without this a shard's RSS grows with its data file, because every page a
+        commit or query ever read stays mapped.  The caller holds off ``grow()`` (which remaps).
+        Returns the bytes of address space released."""
+        if _madvise is None:
+            return 0
+        try:
+            ranges = _read_only_mappings(str((self.directory / "data.mdb").resolve()))
+        except OSError:
+            return 0
+        released = 0
+        for start, end in ranges:
+            if _madvise(start, end - start, _MADV_DONTNEED) == 0:
+                released += end - start
+        return released
 
     def bytes_on_disk(self) -> int:
         total = 0

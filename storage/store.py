@@ -68,6 +68,9 @@ class StoreConfig:
     #: decoded columns and posting bitmaps kept in memory for repeated queries (estimated bytes)
     cache_bytes: int = 64 * 1024 * 1024
     reader_check_interval_s: float = 60.0
+    #: after this many sealed blocks the store unmaps the data-file pages it has read (Env.release_pages),
+    #: so RSS stays proportional to the working set instead of growing with the file; 0 = never
+    release_pages_every_blocks: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.block_records <= MAX_BLOCK_ROWS:
@@ -213,6 +216,7 @@ class Store:
         self._pending_lock = threading.Lock()
         self._next_seq = 0
         self._next_block_id = 0
+        self._blocks_since_release = 0
         #: records older than this are expired: hidden from reads at once, their blocks dropped when
         #: wholly expired (a block straddling the cutoff stays until its newest record expires)
         self._retention_cutoff_ns: int | None = None
@@ -358,6 +362,7 @@ class Store:
                 self._seal(force=False)
             except Exception:  # keep sealing alive; the records stay in the WAL and in queries
                 log.exception("store %s: sealing failed; records stay in the WAL", self.path)
+            self._maybe_release_pages()
             while True:
                 try:
                     task = self._maintenance.get_nowait()
@@ -383,6 +388,14 @@ class Store:
                     self._expire_idempotency_keys()
                 except (lmdb.Error, ShardlogError):
                     log.exception("store %s: housekeeping failed", self.path)
+
+    def _maybe_release_pages(self) -> None:
+        every = self.config.release_pages_every_blocks
+        if not every or self._blocks_since_release < every:
+            return
+        self._blocks_since_release = 0
+        with self._write_lock:  # no map growth (a remap) meanwhile
+            self._env.release_pages()
 
     def _write(self, fill: Callable[[lmdb.Transaction], Any]) -> Any:
         """One write transaction; on MapFullError abort, grow the map and retry the whole thing."""
@@ -483,6 +496,7 @@ class Store:
             task = _Task("seal", arg=(sealed, taken, count))
             self._queue.put(task)
             task.future.result()
+            self._maybe_release_pages()
             if not force and self._tail_records < block_records:
                 return
 
@@ -514,6 +528,7 @@ class Store:
             del self._tail[0]
         self._tail_records -= count
         self._tail_since = time.monotonic()
+        self._blocks_since_release += 1
         self._headers[header.block_id] = header
         self._totals.add(header)
         self._blooms[header.block_id] = sealed.bloom

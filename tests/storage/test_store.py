@@ -318,6 +318,43 @@ def test_map_grows_past_its_initial_size(tmp: Path) -> None:
         close_store(store)
 
 
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="release_pages uses Linux madvise and /proc")
+def test_release_pages_unmaps_what_was_read_and_keeps_every_byte(tmp: Path) -> None:
+    """Reading a 32 MB store maps its pages into this process (RssFile); release_pages unmaps them
+    (the page cache keeps them) and every value reads back the same afterwards."""
+    from storage.env import Env
+
+    env = Env(tmp / "e", map_size_bytes=1 << 27, max_size_bytes=1 << 28)
+    try:
+        rng = random.Random(4)
+        values = {b"%08d" % i: rng.randbytes(32 * 1024) for i in range(1024)}
+        db = env.db(layout.DB_COLUMNS)
+        with env.env.begin(write=True) as txn:
+            for key, value in values.items():
+                txn.put(key, value, db=db)
+        env.release_pages()
+        before = _rss_file_kib()
+        with env.read() as txn:
+            assert all(txn.get(key, db=db) == value for key, value in values.items())
+        after_read = _rss_file_kib()
+        assert after_read - before > 16 * 1024, f"reading 32 MB mapped only {after_read - before} KiB"
+        assert env.release_pages() >= 32 * 1024 * 1024
+        after_release = _rss_file_kib()
+        assert after_read - after_release > 16 * 1024, (before, after_read, after_release)
+        with env.read() as txn:
+            assert all(txn.get(key, db=db) == value for key, value in values.items())
+    finally:
+        env.close()
+
+
 def test_store_full_at_the_cap_keeps_acknowledged_data(tmp: Path) -> None:
     # block_records above what fits: the tail is never sealed, so only ingest meets the cap
     config = StoreConfig(block_records=4096, seal_after_s=3_600.0, map_size_bytes=1 << 20,
