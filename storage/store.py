@@ -71,6 +71,8 @@ class StoreConfig:
     #: after this many sealed blocks the store unmaps the data-file pages it has read (Env.release_pages),
     #: so RSS stays proportional to the working set instead of growing with the file; 0 = never
     release_pages_every_blocks: int = 16
+    #: ... and at least this often while there is something to release (pages that queries read)
+    release_pages_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.block_records <= MAX_BLOCK_ROWS:
@@ -217,6 +219,7 @@ class Store:
         self._next_seq = 0
         self._next_block_id = 0
         self._blocks_since_release = 0
+        self._released_at = time.monotonic()
         #: records older than this are expired: hidden from reads at once, their blocks dropped when
         #: wholly expired (a block straddling the cutoff stays until its newest record expires)
         self._retention_cutoff_ns: int | None = None
@@ -391,9 +394,13 @@ class Store:
 
     def _maybe_release_pages(self) -> None:
         every = self.config.release_pages_every_blocks
-        if not every or self._blocks_since_release < every:
+        if not every:
+            return
+        now = time.monotonic()
+        if self._blocks_since_release < every and now - self._released_at < self.config.release_pages_interval_s:
             return
         self._blocks_since_release = 0
+        self._released_at = now
         with self._write_lock:  # no map growth (a remap) meanwhile
             self._env.release_pages()
 
