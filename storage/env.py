@@ -58,6 +58,19 @@ def _read_only_mappings(path: str) -> list[tuple[int, int]]:
     return out
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def file_backed_rss() -> int | None:
+    """Bytes of this process's resident file-backed (and shared) pages, from /proc/self/statm
+    (one short line: cheap enough to read after every sealed block); None where there is none."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[2]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class ReadersGate:
     """Shared/exclusive gate: readers run concurrently; ``exclusive()`` waits for them to drain and
     keeps new ones out (used only to resize the map, which is rare)."""

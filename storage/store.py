@@ -42,7 +42,7 @@ from storage import query as q
 from storage.aggregate import AggSpec, Aggregator, to_wire as aggregate_to_wire
 from storage.avl import IntervalTree
 from storage.block import MAX_BLOCK_ROWS, SealedBlock, build_block
-from storage.env import Env, make_private_dir, take_owner_lock
+from storage.env import Env, file_backed_rss, make_private_dir, take_owner_lock
 from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, StoreFull
 from storage.header import BlockHeader, HeaderTotals
 from storage.search import LruCache, Snapshot, run_aggregate, run_count, run_query
@@ -68,11 +68,11 @@ class StoreConfig:
     #: decoded columns and posting bitmaps kept in memory for repeated queries (estimated bytes)
     cache_bytes: int = 64 * 1024 * 1024
     reader_check_interval_s: float = 60.0
-    #: after this many sealed blocks the store unmaps the data-file pages it has read (Env.release_pages),
-    #: so RSS stays proportional to the working set instead of growing with the file; 0 = never
-    release_pages_every_blocks: int = 16
-    #: ... and at least this often while there is something to release (pages that queries read)
-    release_pages_interval_s: float = 30.0
+    #: when the process's file-backed RSS passes this, the store unmaps the data-file pages it has
+    #: read (Env.release_pages; they stay in the page cache), so RSS tracks the working set instead
+    #: of growing with the data file; checked after every sealed block and twice a second; 0 = never.
+    #: It includes the ~15-20 MiB of the interpreter's own files.
+    max_mapped_bytes: int = 48 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 1 <= self.block_records <= MAX_BLOCK_ROWS:
@@ -218,8 +218,6 @@ class Store:
         self._pending_lock = threading.Lock()
         self._next_seq = 0
         self._next_block_id = 0
-        self._blocks_since_release = 0
-        self._released_at = time.monotonic()
         #: records older than this are expired: hidden from reads at once, their blocks dropped when
         #: wholly expired (a block straddling the cutoff stays until its newest record expires)
         self._retention_cutoff_ns: int | None = None
@@ -393,14 +391,12 @@ class Store:
                     log.exception("store %s: housekeeping failed", self.path)
 
     def _maybe_release_pages(self) -> None:
-        every = self.config.release_pages_every_blocks
-        if not every:
+        budget = self.config.max_mapped_bytes
+        if not budget:
             return
-        now = time.monotonic()
-        if self._blocks_since_release < every and now - self._released_at < self.config.release_pages_interval_s:
+        mapped = file_backed_rss()
+        if mapped is None or mapped <= budget:
             return
-        self._blocks_since_release = 0
-        self._released_at = now
         with self._write_lock:  # no map growth (a remap) meanwhile
             self._env.release_pages()
 
@@ -535,7 +531,6 @@ class Store:
             del self._tail[0]
         self._tail_records -= count
         self._tail_since = time.monotonic()
-        self._blocks_since_release += 1
         self._headers[header.block_id] = header
         self._totals.add(header)
         self._blooms[header.block_id] = sealed.bloom

@@ -219,8 +219,10 @@ def test_store_answers_like_a_scan(seed: int) -> None:
     block_records = rng.choice((7, 13, 64))
     # a long seal_after_s leaves a partial tail next to sealed blocks; a short one seals by age
     seal_after_s = rng.choice((3_600.0, 0.05))
-    config = StoreConfig(block_records=block_records, seal_after_s=seal_after_s)
-    label = f"seed={seed} block_records={block_records} seal_after_s={seal_after_s}"
+    # 1 byte: unmap the data file's pages after every sealed block (Env.release_pages) while reading
+    max_mapped_bytes = rng.choice((1, StoreConfig.max_mapped_bytes))
+    config = StoreConfig(block_records=block_records, seal_after_s=seal_after_s, max_mapped_bytes=max_mapped_bytes)
+    label = f"seed={seed} block_records={block_records} seal_after_s={seal_after_s} max_mapped_bytes={max_mapped_bytes}"
     gen = RecordGen(rng, ts_base_ns=T0_NS, ts_spread_ns=SPREAD_NS, extreme_ts_rate=0.02)
     records = gen.records(rng.randint(120, 220))
 
