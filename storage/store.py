@@ -512,8 +512,13 @@ class Store:
         for column, data in sealed.columns.items():
             txn.put(layout.column_key(block_id, column), data, db=self._dbs[layout.DB_COLUMNS])
         postings_db = self._dbs[layout.DB_POSTINGS]
-        for key, data in sorted((prefix + t, d) for t, d in sealed.postings.items()):
-            txn.put(key, data, db=postings_db)
+        items = sorted((prefix + t, d) for t, d in sealed.postings.items())
+        # block ids only grow, so a new block's keys sort after every stored key: append them in one
+        # C call (~4x cheaper than a put per term); a stray older key falls back to plain puts
+        _, added = txn.cursor(db=postings_db).putmulti(items, append=True)
+        if added != len(items):
+            for key, data in items:
+                txn.put(key, data, db=postings_db)
         for entry, _, end in taken:
             key = layout.u64(entry.seq)
             if end == len(entry.records):

@@ -355,6 +355,23 @@ def test_release_pages_unmaps_what_was_read_and_keeps_every_byte(tmp: Path) -> N
         env.close()
 
 
+def test_postings_are_stored_even_when_a_higher_key_exists(tmp: Path) -> None:
+    """Postings of a new block are appended in one call; if a stray key sorts after them (none
+    should), the store falls back to plain puts and the block is still fully indexed."""
+    store = Store(tmp / "s", QUIET)
+    try:
+        with store._env.env.begin(write=True) as txn:
+            txn.put(layout.block_prefix(2**63) + b"w:zzz", b"A\x00\x00", db=store._dbs[layout.DB_POSTINGS])
+        records = [make_record(i, T0_NS + i, f"alpha beta row{i % 3}") for i in range(32)]
+        store.ingest(records)
+        store.flush()
+        assert store.stats()["blocks"] == 2
+        assert store.count(q.Token("alpha")) == 32
+        assert store.count(q.And((q.Token("row1"), q.Token("beta")))) == len([i for i in range(32) if i % 3 == 1])
+    finally:
+        close_store(store)
+
+
 def test_store_full_at_the_cap_keeps_acknowledged_data(tmp: Path) -> None:
     # block_records above what fits: the tail is never sealed, so only ingest meets the cap
     config = StoreConfig(block_records=4096, seal_after_s=3_600.0, map_size_bytes=1 << 20,
