@@ -25,6 +25,7 @@ query verifies candidate rows against the record itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -105,8 +106,10 @@ def column_key(block_id: int, column: int) -> bytes:
     return BLOCK_COLUMN.pack(block_id, column)
 
 
+@functools.lru_cache(maxsize=4096)
 def term_bytes(term: str) -> tuple[bytes, bool]:
-    """The stored form of a term and whether it is exact (False when hashed to fit a key)."""
+    """The stored form of a term and whether it is exact (False when hashed to fit a key).
+    Cached: a query asks for the same few terms once per block it visits."""
     raw = term.encode("utf-8", "surrogatepass")
     if len(raw) <= MAX_TERM_BYTES:
         return raw, True

@@ -53,12 +53,17 @@ class LruCache:
         self._lock = threading.Lock()
 
     def get(self, key: tuple[int, Any]) -> Any:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
+        # No lock: a query asks several times per block, and each OrderedDict call is atomic under
+        # the GIL; a key evicted by another thread between the two calls is simply a hit that
+        # does not move to the end.
+        item = self._items.get(key)
+        if item is None:
+            return None
+        try:
             self._items.move_to_end(key)
-            return item[0]
+        except KeyError:
+            pass
+        return item[0]
 
     def put(self, key: tuple[int, Any], value: Any, size_bytes: int) -> None:
         if size_bytes > self.max_bytes // 4:
