@@ -204,3 +204,14 @@ _record = st.fixed_dictionaries({
 def test_hypothesis_blocks_match_their_records(drawn: list[dict[str, Any]]) -> None:
     records = [dict(r, id=i) for i, r in enumerate(drawn)]
     _check_block(records, 3, where=f"{len(records)} hypothesis records")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3000).flatmap(lambda n: st.tuples(st.just(n), st.sets(st.integers(0, n - 1)))))
+def test_posting_lists_round_trip_sparse_and_dense(case: tuple[int, set[int]]) -> None:
+    from storage.postings import encode_postings
+
+    n_rows, rows = case
+    data = encode_postings(sorted(rows), n_rows)
+    assert data[:1] == (b"A" if len(rows) * 2 <= (n_rows + 7) // 8 else b"B")
+    assert rows_of(decode_postings(data)) == sorted(rows)
