@@ -22,6 +22,7 @@ Column encodings (inside the zstd frame):
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from bisect import bisect_left
 from collections import Counter
 from array import array
@@ -117,13 +118,9 @@ def _encode_term(term: str) -> bytes:
 
 
 def _rows_by_value(values: list[Any], prefix: bytes, out: dict[bytes, list[int]]) -> None:
-    by_value: dict[Any, list[int]] = {}
+    by_value: defaultdict[Any, list[int]] = defaultdict(list)
     for i, value in enumerate(values):
-        rows = by_value.get(value)
-        if rows is None:
-            by_value[value] = [i]
-        else:
-            rows.append(i)
+        by_value[value].append(i)
     for value, rows in by_value.items():
         if value is not None:
             out[prefix + _encode_term(value)] = rows
@@ -146,13 +143,11 @@ def _posted_term_rows(levels: list[str], sources: list[str], tags: list[list[str
     out: dict[bytes, list[int]] = {}
     _rows_by_value(levels, b"l:", out)
     _rows_by_value(sources, b"s:", out)
-    tag_rows: dict[str, list[int]] = {}
+    tag_rows: defaultdict[str, list[int]] = defaultdict(list)
     for i, row_tags in enumerate(tags):
         for tag in row_tags:
-            rows = tag_rows.get(tag)
-            if rows is None:
-                tag_rows[tag] = [i]
-            elif rows[-1] != i:  # a tag listed twice in one record is one row
+            rows = tag_rows[tag]
+            if not rows or rows[-1] != i:  # a tag listed twice in one record is one row
                 rows.append(i)
     for tag, rows in tag_rows.items():
         out[b"t:" + _encode_term(tag)] = rows
@@ -160,54 +155,53 @@ def _posted_term_rows(levels: list[str], sources: list[str], tags: list[list[str
     return out
 
 
-def _term_rows(messages: list[str], metadata: list[dict[str, Any]], threads: list[str | None],
-               requests: list[str | None], users: list[str | None]) -> dict[bytes, list[int]]:
-    """Stored term -> ascending rows, for the kinds posted only when repeated (message tokens, ids,
-    metadata).  Values are grouped per field first and prefixed once per distinct value (not once
-    per row), and terms stay bytes from start to end: this is the bulk of sealing cost."""
-    out: dict[bytes, list[int]] = {}
+#: the stored form of a message token is b"w:" + token; message tokens are kept without the prefix
+#: while sealing (most never need it: ~70 % occur once and only reach the bloom filter, which
+#: hashes them as crc32(token, crc32(b"w:")) == crc32(b"w:" + token))
+_TOKEN_PREFIX = b"w:"
+_MAX_TOKEN_BYTES = layout.MAX_TERM_BYTES - len(_TOKEN_PREFIX)
+
+
+def _token_rows(messages: list[str]) -> tuple[dict[bytes, list[int]], dict[bytes, list[int]]]:
+    """(token -> ascending rows, for tokens stored as b"w:" + token; stored term -> rows, for the
+    few tokens too long for a key, which are stored hashed)."""
     # ASCII messages (nearly all) tokenize as bytes: translate every byte that is not a letter or
     # digit to a space (lower-casing on the way), then split — ~2x faster than the regex and the
     # same tokens, because for ASCII text the regex's letters and digits are exactly [A-Za-z0-9].
-    ascii_tokens: dict[bytes, list[int]] = {}
-    other_tokens: dict[str, list[int]] = {}
+    tokens: defaultdict[bytes, list[int]] = defaultdict(list)
+    other_tokens: defaultdict[str, list[int]] = defaultdict(list)
     findall = _TOKEN_RE.findall
     table = _ASCII_TOKEN_TABLE
     for i, message in enumerate(messages):
         if message.isascii():
             for token in set(message.encode().translate(table).split()):
-                rows = ascii_tokens.get(token)
-                if rows is None:
-                    ascii_tokens[token] = [i]
-                else:
-                    rows.append(i)
+                tokens[token].append(i)
         else:
             for token in set(findall(message.lower())):
-                rows = other_tokens.get(token)
-                if rows is None:
-                    other_tokens[token] = [i]
-                else:
-                    rows.append(i)
-    for token_bytes, rows in ascii_tokens.items():
-        out[b"w:" + token_bytes] = rows
-    for token, rows in other_tokens.items():
-        term = b"w:" + _encode_term(token)
-        found = out.get(term)
-        out[term] = rows if found is None else sorted(found + rows)
+                other_tokens[token].append(i)
+    out = dict(tokens)
+    for text, rows in other_tokens.items():
+        _merge_rows(out, _encode_term(text), rows)
+    long_terms: dict[bytes, list[int]] = {}
+    for token in [t for t in out if len(t) > _MAX_TOKEN_BYTES]:
+        _merge_rows(long_terms, layout.stored_term(_TOKEN_PREFIX + token), out.pop(token))
+    return out, long_terms
+
+
+def _term_rows(metadata: list[dict[str, Any]], threads: list[str | None], requests: list[str | None],
+               users: list[str | None]) -> dict[bytes, list[int]]:
+    """Stored term -> ascending rows for ids and metadata (posted only when repeated).  Values are
+    grouped per field first and prefixed once per distinct value, not once per row."""
+    out: dict[bytes, list[int]] = {}
     _rows_by_value(threads, b"h:", out)
     _rows_by_value(requests, b"r:", out)
     _rows_by_value(users, b"u:", out)
     # keyed with the value's type too: True == 1 == 1.0 in Python, but they render as different terms
-    meta_rows: dict[tuple[str, Any, type], list[int]] = {}
+    meta_rows: defaultdict[tuple[str, Any, type], list[int]] = defaultdict(list)
     for i, row_meta in enumerate(metadata):
         for key, value in row_meta.items():
             if value is not None:  # None means absent, as in storage.query.matches
-                group = (key, value, type(value))
-                rows = meta_rows.get(group)
-                if rows is None:
-                    meta_rows[group] = [i]
-                else:
-                    rows.append(i)
+                meta_rows[key, value, type(value)].append(i)
     meta_text = layout.meta_value_text
     term_meta = layout.term_meta
     for (key, value, _), rows in meta_rows.items():
@@ -265,11 +259,14 @@ def build_block(records: Iterable[Mapping[str, Any]], block_id: int) -> SealedBl
     # level / source / tag values always get a posting list (and are counted in the header, so
     # they stay out of the bloom); every other term is in the bloom, and posted when repeated
     always = _posted_term_rows(levels, sources, tags)
-    others = _term_rows(messages, metadata, threads, requests, users)
+    tokens, others = _token_rows(messages)
+    others.update(_term_rows(metadata, threads, requests, users))
     postings = {term: encode_postings(term_rows, n) for term, term_rows in always.items()}
+    postings.update({_TOKEN_PREFIX + token: encode_postings(term_rows, n) for token, term_rows in tokens.items()
+                     if len(term_rows) > 1})
     postings.update({term: encode_postings(term_rows, n) for term, term_rows in others.items()
                      if len(term_rows) > 1})
-    bloom = build_bloom(list(others))
+    bloom = build_bloom(list(others), list(tokens), _TOKEN_PREFIX)
 
     level_counts: dict[str, int] = {}
     for value in levels:

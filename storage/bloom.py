@@ -16,6 +16,7 @@ the sealing path.  Two terms probe the same bits only when their 32-bit crc32 co
 from __future__ import annotations
 
 import struct
+from itertools import repeat
 from zlib import crc32
 
 #: bits per term: 10 bits and 4 probes give ~1.2 % false positives
@@ -31,10 +32,14 @@ def term_hashes(term: bytes) -> tuple[int, int]:
     return h1, crc32(_SALT, h1) | 1
 
 
-def build_bloom(terms: list[bytes]) -> bytes:
-    m_bits = max(64, (len(terms) * BITS_PER_TERM + 63) // 64 * 64)
+def build_bloom(terms: list[bytes], suffixes: list[bytes] = (), prefix: bytes = b"") -> bytes:  # type: ignore[assignment]
+    """A filter over ``terms`` and over ``prefix + s`` for every ``s`` in ``suffixes`` (hashed
+    without building those strings: crc32 continues from the prefix's crc)."""
+    m_bits = max(64, ((len(terms) + len(suffixes)) * BITS_PER_TERM + 63) // 64 * 64)
     salt = _SALT
     h1s = list(map(crc32, terms))
+    if suffixes:
+        h1s += map(crc32, suffixes, repeat(crc32(prefix), len(suffixes)))
     # One ASCII "0"/"1" per bit, set by plain index stores, turned into the bitmap by one base-2
     # int() conversion: ~30 % cheaper than OR-ing masks into bytes, and this runs for every
     # distinct term of every sealed block.  Bit p is digit p from the right: little-endian bytes.
