@@ -407,47 +407,52 @@ _SIMPLE_KEYS = frozenset(("timestamp", "level", "message", "source", "tags", "me
                           "request_id", "user_id"))
 
 
-def _simple_text(value: Any, max_bytes: int) -> bool:
-    return type(value) is str and value.isascii() and len(value) <= max_bytes
+#: raw level string -> normalized level, for the few spellings senders use (bounded)
+_LEVEL_CACHE: dict[str, str] = {}
 
 
 def _normalize_simple(raw: dict[str, Any], now_ns: int, limits: Limits) -> dict[str, Any] | None:
     """The same result as ``_normalize_general`` for the common shape — canonical keys, ASCII
     strings within the limits, a flat metadata object of scalars — without its general machinery
-    (the coordinator runs this for every record).  None means "not that shape": take the general path.
-    ``test_record.py`` checks the two paths agree on generated records."""
+    (the coordinator runs this for every record, so the checks are inlined).  None means "not that
+    shape": take the general path.  ``test_record.py`` checks the two paths agree on generated records."""
     max_field = limits.max_field_bytes
-    message = raw.get("message", "")
-    if not _simple_text(message, limits.max_message_bytes):
+    get = raw.get
+    message = get("message", "")
+    if type(message) is not str or not message.isascii() or len(message) > limits.max_message_bytes:
         return None
-    source = raw.get("source", "")
-    if not _simple_text(source, max_field):
+    source = get("source", "")
+    if type(source) is not str or not source.isascii() or len(source) > max_field:
         return None
-    ids = []
-    for name in _ID_FIELDS:
-        value = raw.get(name)
-        if value is not None and not _simple_text(value, max_field):
-            return None
-        ids.append(value or None)
-    tags_value = raw.get("tags")
+    thread_id = get("thread_id")
+    if thread_id is not None and (type(thread_id) is not str or not thread_id.isascii() or len(thread_id) > max_field):
+        return None
+    request_id = get("request_id")
+    if request_id is not None and (type(request_id) is not str or not request_id.isascii()
+                                   or len(request_id) > max_field):
+        return None
+    user_id = get("user_id")
+    if user_id is not None and (type(user_id) is not str or not user_id.isascii() or len(user_id) > max_field):
+        return None
+    tags_value = get("tags")
     tags: list[str] = []
     if tags_value is not None:
         if type(tags_value) is not list:
             return None
         for tag in tags_value:
-            if not _simple_text(tag, max_field) or not tag or tag != tag.strip():
+            if type(tag) is not str or not tag or not tag.isascii() or len(tag) > max_field or tag != tag.strip():
                 return None
         tags = list(dict.fromkeys(tags_value))
         if len(tags) > limits.max_tags:
             return None
     metadata: dict[str, Any] = {}
-    meta_value = raw.get("metadata")
+    meta_value = get("metadata")
     if meta_value is not None:
         if type(meta_value) is not dict or len(meta_value) > limits.max_metadata_keys:
             return None
         max_key, max_value = limits.max_key_bytes, limits.max_value_bytes
         for key, value in meta_value.items():
-            if not _simple_text(key, max_key):
+            if type(key) is not str or not key.isascii() or len(key) > max_key:
                 return None
             cls = type(value)
             if cls is str:
@@ -464,29 +469,34 @@ def _normalize_simple(raw: dict[str, Any], now_ns: int, limits: Limits) -> dict[
                     continue
                 return None
             metadata[key] = value
-    level_value = raw.get("level")
+    level_value = get("level")
     if level_value is None:
         if _NESTED_LEVEL_KEY in metadata:
             return None
+        level = normalize_level(None)
     elif type(level_value) is not str:
         return None
-    level = normalize_level(level_value)
-    if not _simple_text(level, max_field):
+    else:
+        level = _LEVEL_CACHE.get(level_value)
+        if level is None:
+            level = normalize_level(level_value)
+            if len(_LEVEL_CACHE) < 256:
+                _LEVEL_CACHE[level_value] = level
+    if not level.isascii() or len(level) > max_field:
         return None
-    ts_value = raw.get("timestamp")
+    ts_value = get("timestamp")
     if ts_value is not None and type(ts_value) is not str:
         return None
-    ts_ns = _record_time(ts_value, metadata, now_ns, limits)
     return {
-        "ts_ns": ts_ns,
+        "ts_ns": _record_time(ts_value, metadata, now_ns, limits),
         "level": level,
         "message": message,
         "source": source,
         "tags": tags,
         "metadata": metadata,
-        "thread_id": ids[0],
-        "request_id": ids[1],
-        "user_id": ids[2],
+        "thread_id": thread_id or None,
+        "request_id": request_id or None,
+        "user_id": user_id or None,
     }
 
 
