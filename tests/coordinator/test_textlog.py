@@ -406,3 +406,33 @@ def test_tcp_text_joins_a_trace_split_across_writes_and_flushes_when_idle(tcp_da
     # ascending time: the two 2024 records, then the JSON one (no timestamp: the ingest time)
     assert [log["message"] for log in logs] == [f"job failed {marker}\n" + "\n".join(JAVA_TRACE[1:7]),
                                                 f"last {marker}\n\tat a.B.c(B.java:1)", f"json {marker}"]
+
+
+_JSON_LINE = st.one_of(
+    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=8)), max_size=3).map(
+        lambda d: json.dumps(d).encode()),
+    st.sampled_from([b"", b"   ", b"{", b"not json", b'{"a": 1} x', b"[1, 2]", b"7", b'"s"', b"\t{}\t"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_JSON_LINE, max_size=12), st.integers(1, 1000), st.booleans())
+def test_jsonl_lines_parse_with_their_line_numbers(lines: list[bytes], first_line: int, as_text: bool) -> None:
+    """The all-valid fast path and the general loop agree with a plain per-line reading: blank
+    lines skipped, every other line a value or a rejection, each with its own line number."""
+    batch = [line.decode() for line in lines] if as_text else list(lines)
+    raws, numbers, rejected = _service().parse_lines(batch, "jsonl", first_line)
+    expected_raws, expected_numbers, expected_rejected = [], [], []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            expected_rejected.append(first_line + index)
+            continue
+        expected_raws.append(value)
+        expected_numbers.append(first_line + index)
+    assert raws == expected_raws
+    assert numbers == expected_numbers
+    assert [r["line"] for r in rejected] == expected_rejected
