@@ -18,6 +18,7 @@ import fcntl
 import os
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -140,9 +141,16 @@ def take_owner_lock(directory: Path, lock_name: str = layout.OWNER_LOCK_NAME, *,
 class Env:
     """An open LMDB environment with the named databases of ``storage.layout``."""
 
-    def __init__(self, directory: Path, *, map_size_bytes: int, max_size_bytes: int) -> None:
+    #: a read checks the mapped-pages budget at most this often (reading /proc costs ~10 us)
+    BUDGET_CHECK_INTERVAL_S = 0.02
+
+    def __init__(self, directory: Path, *, map_size_bytes: int, max_size_bytes: int,
+                 max_mapped_bytes: int = 0) -> None:
         self.directory = directory
         self.max_size_bytes = max_size_bytes
+        #: file-backed RSS above which read pages are unmapped (``release_over_budget``); 0 = never
+        self.max_mapped_bytes = max_mapped_bytes
+        self._budget_checked_at = 0.0
         self.gate = ReadersGate()
         fresh = not (directory / layout.MANIFEST_NAME).exists()
         if fresh and (directory / "data.mdb").exists():
@@ -186,6 +194,22 @@ class Env:
                 yield txn
             finally:
                 txn.abort()
+                # still inside the shared gate, so the map cannot be remapped (grow) meanwhile
+                self.release_over_budget()
+
+    def release_over_budget(self) -> None:
+        """``release_pages()`` when this process's file-backed RSS is over ``max_mapped_bytes``
+        (checked at most every BUDGET_CHECK_INTERVAL_S).  The caller must keep ``grow()`` out:
+        hold the readers gate (shared) or the store's write lock."""
+        if not self.max_mapped_bytes:
+            return
+        now = time.monotonic()
+        if now - self._budget_checked_at < self.BUDGET_CHECK_INTERVAL_S:
+            return
+        self._budget_checked_at = now
+        mapped = file_backed_rss()
+        if mapped is not None and mapped > self.max_mapped_bytes:
+            self.release_pages()
 
     def grow(self) -> None:
         """Double the map (called after a MapFullError aborted a write); StoreFull at the cap."""

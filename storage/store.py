@@ -42,7 +42,7 @@ from storage import query as q
 from storage.aggregate import AggSpec, Aggregator, to_wire as aggregate_to_wire
 from storage.avl import IntervalTree
 from storage.block import MAX_BLOCK_ROWS, SealedBlock, build_block
-from storage.env import Env, file_backed_rss, make_private_dir, take_owner_lock
+from storage.env import Env, make_private_dir, take_owner_lock
 from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, StoreFull
 from storage.header import BlockHeader, HeaderTotals
 from storage.search import LruCache, Snapshot, run_aggregate, run_count, run_query
@@ -70,7 +70,8 @@ class StoreConfig:
     reader_check_interval_s: float = 60.0
     #: when the process's file-backed RSS passes this, the store unmaps the data-file pages it has
     #: read (Env.release_pages; they stay in the page cache), so RSS tracks the working set instead
-    #: of growing with the data file; checked after every sealed block and twice a second; 0 = never.
+    #: of growing with the data file; checked after sealed blocks, sealer wakes and reads (at most
+    #: every 20 ms); 0 = never.
     #: It includes the ~15-20 MiB of the interpreter's own files.
     max_mapped_bytes: int = 48 * 1024 * 1024
 
@@ -201,7 +202,8 @@ class Store:
         self._lock_fd = take_owner_lock(self.path)
         try:
             self._env = Env(self.path, map_size_bytes=self.config.map_size_bytes,
-                            max_size_bytes=self.config.max_store_bytes)
+                            max_size_bytes=self.config.max_store_bytes,
+                            max_mapped_bytes=self.config.max_mapped_bytes)
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -391,14 +393,9 @@ class Store:
                     log.exception("store %s: housekeeping failed", self.path)
 
     def _maybe_release_pages(self) -> None:
-        budget = self.config.max_mapped_bytes
-        if not budget:
-            return
-        mapped = file_backed_rss()
-        if mapped is None or mapped <= budget:
-            return
-        with self._write_lock:  # no map growth (a remap) meanwhile
-            self._env.release_pages()
+        if self.config.max_mapped_bytes:
+            with self._write_lock:  # no map growth (a remap) meanwhile
+                self._env.release_over_budget()
 
     def _write(self, fill: Callable[[lmdb.Transaction], Any]) -> Any:
         """One write transaction; on MapFullError abort, grow the map and retry the whole thing."""
