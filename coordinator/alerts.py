@@ -269,15 +269,28 @@ class AlertEngine:
             rule = self.rules.get(rule_id)
             if rule is None or not rule.enabled or not isinstance(part, Mapping):
                 continue
+            # one ack brings an entry per second of its batch and rule: grouped per window first,
+            # then added in one call per window
+            by_group: dict[str, list[tuple[int, int]]] = {}
             for entry in part.get("counts") or ():
-                try:
-                    second, group, n = int(entry[0]), str(entry[1]), int(entry[2])
-                except (TypeError, ValueError, IndexError):
-                    continue
+                if type(entry) is list and len(entry) == 3 and type(entry[0]) is int and type(entry[2]) is int \
+                        and type(entry[1]) is str:
+                    second, group, n = entry
+                else:  # not what shards send: take what converts, skip the rest
+                    try:
+                        second, group, n = int(entry[0]), str(entry[1]), int(entry[2])
+                    except (TypeError, ValueError, IndexError, KeyError):
+                        continue
+                pairs = by_group.get(group)
+                if pairs is None:
+                    by_group[group] = [(second, n)]
+                else:
+                    pairs.append((second, n))
+            for group, pairs in by_group.items():
                 window = self.windows.get((rule_id, group))
                 if window is None:
                     window = self.windows[rule_id, group] = WindowCounts(rule.window_s)
-                if window.add(second, n, now_s):
+                if window.add_many(pairs, now_s):
                     touched.add((rule_id, group))
             # keep the newest SAMPLES by (timestamp, id) per group, whatever order batches arrive in
             # (samples arrive freshly decoded from the ack: kept without copying)

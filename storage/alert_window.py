@@ -40,6 +40,29 @@ class WindowCounts:
         self._sum += n
         return True
 
+    def add_many(self, entries: "list[tuple[int, int]]", now_s: int) -> bool:
+        """``add`` for many (second, n) pairs (one ingest ack brings one per second of its batch);
+        True when any was kept."""
+        low, high = now_s - self.window_s, now_s + self.future_s
+        counts, heap, newest = self._counts, self._seconds, self._newest
+        kept = False
+        total = 0
+        for second, n in entries:
+            if second <= low or second > high:
+                continue
+            if second in counts:
+                counts[second] += n
+            else:
+                counts[second] = n
+                heapq.heappush(heap, second)
+                if newest is None or second > newest:
+                    newest = second
+            total += n
+            kept = True
+        self._sum += total
+        self._newest = newest
+        return kept
+
     def total(self, now_s: int) -> int:
         """Matches in ``(now - window, now]``; prunes seconds that have left the window."""
         low = now_s - self.window_s

@@ -22,10 +22,9 @@ Column encodings (inside the zstd frame):
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
-from bisect import bisect_left
-from collections import Counter
 from array import array
+from bisect import bisect_left
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -37,7 +36,7 @@ from storage.bloom import build_bloom
 from storage.errors import CorruptData
 from storage.header import MINUTE_NS, BlockHeader
 from storage.postings import encode_postings
-from storage.tokens import _TOKEN_RE
+from storage.tokens import _TOKEN_RE, ASCII_TOKEN_TABLE
 
 ZSTD_LEVEL = 3
 #: row offsets are uint16 in posting lists
@@ -108,11 +107,6 @@ def _dictionary(values: list[str]) -> bytes:
     return _pack([list(codes), encoded.tobytes()])
 
 
-_ASCII_TOKEN_TABLE = bytes(
-    c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256)
-)
-
-
 def _encode_term(term: str) -> bytes:
     return term.encode("utf-8", "surrogatepass")
 
@@ -171,7 +165,7 @@ def _token_rows(messages: list[str]) -> tuple[dict[bytes, list[int]], dict[bytes
     tokens: defaultdict[bytes, list[int]] = defaultdict(list)
     other_tokens: defaultdict[str, list[int]] = defaultdict(list)
     findall = _TOKEN_RE.findall
-    table = _ASCII_TOKEN_TABLE
+    table = ASCII_TOKEN_TABLE
     for i, message in enumerate(messages):
         if message.isascii():
             for token in set(message.encode().translate(table).split()):

@@ -14,6 +14,7 @@ Pure: records in, counts out.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -22,7 +23,7 @@ from storage.aggregate import record_values, resolve_field
 from storage.layout import meta_value_text
 from storage.levels import severity
 from storage.postings import rows_of
-from storage.tokens import token_set
+from storage.tokens import ascii_token_set, token_set
 
 #: newest matching records kept per rule and batch, as alert evidence
 SAMPLES_PER_RULE = 5
@@ -84,34 +85,95 @@ class _BatchIndex:
     """Rows of one batch by the field values and tokens the rules use, built once per batch as
     row lists; a value's bitmap is made only when a rule asks for that value."""
 
-    def __init__(self, records: list[Mapping[str, Any]], fields: set[str], tokens: frozenset[str]) -> None:
+    def __init__(self, records: list[Mapping[str, Any]], fields: set[str], tokens: frozenset[str],
+                 ascii_tokens: dict[bytes, str]) -> None:
+        self.records = records
         self.n = len(records)
         self.all = (1 << self.n) - 1
         self.values: dict[str, dict[str, list[int]]] = {}
         for name in fields:
-            by_value: dict[str, list[int]] = {}
+            by_value: defaultdict[str, list[int]] = defaultdict(list)
             if name == "tag":
                 for i, record in enumerate(records):
                     for tag in record["tags"]:
-                        by_value.setdefault(tag, []).append(i)
+                        by_value[tag].append(i)
             elif name.startswith("meta."):
                 key = name[5:]
                 for i, record in enumerate(records):
                     value = record["metadata"].get(key)
                     if value is not None:
-                        by_value.setdefault(meta_value_text(value), []).append(i)
+                        by_value[meta_value_text(value)].append(i)
             elif name in ("level", "source", "request_id", "user_id", "thread_id"):
                 for i, record in enumerate(records):
                     value = record[name]
                     if value is not None:
-                        by_value.setdefault(value, []).append(i)
+                        by_value[value].append(i)
             self.values[name] = by_value
-        self.tokens: dict[str, list[int]] = {}
+        self.tokens: defaultdict[str, list[int]] = defaultdict(list)
         if tokens:
+            # ASCII messages (nearly all) are tokenized as bytes and intersected with the rules'
+            # tokens in C; the others take the regex
+            wanted = ascii_tokens.keys()
             for i, record in enumerate(records):
-                for token in token_set(record["message"]) & tokens:
-                    self.tokens.setdefault(token, []).append(i)
+                message = record["message"]
+                if message.isascii():
+                    for found in ascii_token_set(message) & wanted:
+                        self.tokens[ascii_tokens[found]].append(i)
+                else:
+                    for token in token_set(message) & tokens:
+                        self.tokens[token].append(i)
         self._cache: dict[tuple[str, str], int] = {}
+        self._seconds: list[int] | None = None
+        self._second_bits: list[tuple[int, int]] | None = None
+
+    @property
+    def seconds(self) -> list[int]:
+        """The second of event time of every row."""
+        if self._seconds is None:
+            self._seconds = [record["ts_ns"] // NS_PER_S for record in self.records]
+        return self._seconds
+
+    @property
+    def second_bits(self) -> list[tuple[int, int]]:
+        """(second, bitmap of the rows in it), newest second first."""
+        if self._second_bits is None:
+            rows: defaultdict[int, list[int]] = defaultdict(list)
+            for i, second in enumerate(self.seconds):
+                rows[second].append(i)
+            self._second_bits = [(second, _bits(rows[second])) for second in sorted(rows, reverse=True)]
+        return self._second_bits
+
+    def counts_per_second(self, bits: int) -> dict[tuple[int, str], int]:
+        """{(second, ""): matches} for the rows in ``bits``: one AND and popcount per second of the
+        batch when many rows match, else a pass over the matching rows."""
+        second_bits = self.second_bits
+        if bits.bit_count() > 2 * len(second_bits):
+            counts = {}
+            for second, sbits in second_bits:
+                n = (bits & sbits).bit_count()
+                if n:
+                    counts[second, ""] = n
+            return counts
+        seconds = self.seconds
+        out: dict[tuple[int, str], int] = {}
+        for i in rows_of(bits):
+            key = (seconds[i], "")
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def newest(self, bits: int, k: int) -> list[int]:
+        """The ``k`` newest rows of ``bits`` by (ts_ns, id), newest first: whole seconds from the
+        newest down until ``k`` rows are in hand, then a sort of those only."""
+        records = self.records
+        picked: list[int] = []
+        for _, sbits in self.second_bits:
+            inside = bits & sbits
+            if inside:
+                picked.extend(rows_of(inside))
+                if len(picked) >= k:
+                    break
+        picked.sort(key=lambda i: (records[i]["ts_ns"], records[i]["id"]), reverse=True)
+        return picked[:k]
 
     def field_bits(self, name: str, value: str) -> int:
         key = (name, value)
@@ -180,6 +242,8 @@ class RuleSet:
             _fields_and_tokens(spec.node, fields, tokens)
         self._fields = fields
         self._tokens = frozenset(tokens)
+        #: the rules' ASCII tokens as bytes -> as text (messages are tokenized as bytes)
+        self._ascii_tokens = {token.encode(): token for token in tokens if token.isascii()}
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -190,28 +254,30 @@ class RuleSet:
         the rule's newest matching records of the batch, newest first."""
         if not self.specs or not records:
             return {}
-        index = _BatchIndex(records, self._fields, self._tokens)
+        index = _BatchIndex(records, self._fields, self._tokens, self._ascii_tokens)
         out: dict[str, dict[str, Any]] = {}
         for spec, group in zip(self.specs, self._groups):
             bits, exact = index.candidates(spec.node)
             if not bits:
                 continue
-            matched = rows_of(bits)
             if not exact:
                 node = spec.node
-                matched = [i for i in matched if q.matches(node, records[i])]
+                matched = [i for i in rows_of(bits) if q.matches(node, records[i])]
                 if not matched:
                     continue
-            counts: dict[tuple[int, str], int] = {}
-            for i in matched:
-                record = records[i]
-                second = record["ts_ns"] // NS_PER_S
-                for value in (record_values(record, *group) if group else ("",)):
-                    counts[second, value] = counts.get((second, value), 0) + 1
+                bits = _bits(matched)
+            if group:
+                seconds = index.seconds
+                counts: dict[tuple[int, str], int] = {}
+                for i in rows_of(bits):
+                    second = seconds[i]
+                    for value in record_values(records[i], *group):
+                        counts[second, value] = counts.get((second, value), 0) + 1
+            else:
+                counts = index.counts_per_second(bits)
             if counts:
-                newest = sorted(matched, key=lambda i: (records[i]["ts_ns"], records[i]["id"]), reverse=True)
                 out[spec.rule_id] = {
                     "counts": [[second, value, n] for (second, value), n in counts.items()],
-                    "samples": [dict(records[i]) for i in newest[:SAMPLES_PER_RULE]],
+                    "samples": [dict(records[i]) for i in index.newest(bits, SAMPLES_PER_RULE)],
                 }
         return out

@@ -22,3 +22,16 @@ def tokenize(text: str) -> list[str]:
 def token_set(text: str) -> set[str]:
     """The distinct tokens of ``text``."""
     return set(_TOKEN_RE.findall(text.lower()))
+
+
+#: ``bytes.translate`` table for ASCII text: letters lower-cased, digits kept, every other byte a
+#: space.  For ASCII text the regex's letters and digits are exactly [A-Za-z0-9], so
+#: ``ascii_token_set(t) == {x.encode() for x in token_set(t)}`` — at about half the cost.
+ASCII_TOKEN_TABLE = bytes(
+    c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256)
+)
+
+
+def ascii_token_set(text: str) -> set[bytes]:
+    """The distinct tokens of an ASCII ``text`` (check ``text.isascii()`` first), as bytes."""
+    return set(text.encode().translate(ASCII_TOKEN_TABLE).split())

@@ -51,12 +51,18 @@ def test_random_adds_and_totals_agree_with_brute_force(seed: int) -> None:
     for step in range(400):
         roll = rng.random()
         where = f"seed {seed}, step {step}, now {now_s}, window {window_s}, future {future_s}"
-        if roll < 0.55:
+        if roll < 0.45:
             # anywhere from well before the window to beyond the future limit, boundaries included
             offset = rng.choice((-window_s, -window_s + 1, 0, future_s, future_s + 1,
                                  rng.randint(-2 * window_s - 2, future_s + 2)))
             second, n = now_s + offset, rng.randint(1, 50)
             assert real.add(second, n, now_s) == oracle.add(second, n, now_s), where
+        elif roll < 0.55:
+            # what one ingest ack brings: several seconds at once, repeats included
+            pairs = [(now_s + rng.randint(-2 * window_s - 2, future_s + 2), rng.randint(1, 50))
+                     for _ in range(rng.randint(0, 8))]
+            expected = [oracle.add(second, n, now_s) for second, n in pairs]
+            assert real.add_many(pairs, now_s) == any(expected), where
         elif roll < 0.85:
             assert real.total(now_s) == oracle.total(now_s), where
             # total() prunes: what is left is exactly what can still be in a window
