@@ -395,16 +395,50 @@ def normalize_record(
     Raises ``BadRecord`` (and nothing else) when the record is not a mapping, breaks a limit, or
     is dated more than ``limits.max_future_ns`` after ``now_ns``.
     """
-    if type(raw) is dict and raw.keys() <= _SIMPLE_KEYS:
-        record = _normalize_simple(raw, now_ns, limits)
-        if record is not None:
-            return record
+    if type(raw) is dict:
+        shaped = raw if raw.keys() <= _SIMPLE_KEYS else _extras_to_metadata(raw)
+        if shaped is not None:
+            record = _normalize_simple(shaped, now_ns, limits)
+            if record is not None:
+                return record
     return _normalize_general(raw, now_ns, limits)
 
 
 #: keys of the shape most senders use; records with only these keys may take the fast path
 _SIMPLE_KEYS = frozenset(("timestamp", "level", "message", "source", "tags", "metadata", "thread_id",
                           "request_id", "user_id"))
+
+
+#: top-level names the general path reads as something other than metadata
+_RESERVED_KEYS = frozenset(_TS_ALIASES + _MESSAGE_ALIASES + _LEVEL_ALIASES + _SOURCE_ALIASES) - _SIMPLE_KEYS
+
+
+def _extras_to_metadata(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """``raw`` with its other top-level fields moved under ``metadata``, in order — what the general
+    path does with them — when they are all plain scalars (ECS documents, jsonline with top-level
+    fields); None when any is not (an alias, a nested value, a name also in ``metadata``): then the
+    general path decides."""
+    shaped: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SIMPLE_KEYS:
+            if key != "metadata":
+                shaped[key] = value
+            elif value is not None:
+                if type(value) is not dict:
+                    return None
+                for child, child_value in value.items():
+                    if child in metadata:
+                        return None
+                    metadata[child] = child_value
+        elif key in _RESERVED_KEYS or type(key) is not str:
+            return None
+        elif value is not None:
+            if key in metadata or type(value) not in _SCALAR_TYPES:
+                return None
+            metadata[key] = value
+    shaped["metadata"] = metadata
+    return shaped
 
 
 #: raw level string -> normalized level, for the few spellings senders use (bounded)

@@ -699,6 +699,45 @@ def test_the_fast_path_agrees_with_the_general_path(raw: dict) -> None:
         assert fast == general, raw
 
 
+_extra_key = st.one_of(_ascii, st.sampled_from(["host", "status", "msg", "service", "@timestamp", "log.level", "time",
+                                                  "severity", "metadata", "tags", "_ts_invalid", "ключ"]))
+_extra_value = st.one_of(_simple_scalar, st.dictionaries(_ascii, _simple_scalar, max_size=2),
+                         st.lists(_ascii, max_size=2), st.just("значение"))
+
+
+@given(_simple_raw, st.dictionaries(_extra_key, _extra_value, max_size=4))
+@settings(max_examples=400, deadline=None)
+def test_top_level_extras_take_the_fast_path_only_when_it_agrees(raw: dict, extras: dict) -> None:
+    """Fields beyond the canonical ones (ECS documents, jsonline with top-level fields) are moved under
+    metadata for the fast path; normalize_record's answer is always the general path's."""
+    from storage.record import normalize_record
+
+    raw = {**extras, **raw} if extras.keys() & {"metadata", "tags"} else {**raw, **extras}
+    now_ns = 1_710_000_000 * 10**9
+    try:
+        general = _normalize_general(raw, now_ns, DEFAULT_LIMITS)
+    except BadRecord as exc:
+        general = f"rejected: {exc.message}"
+    try:
+        got = normalize_record(raw, now_ns=now_ns, limits=DEFAULT_LIMITS)
+    except BadRecord as exc:
+        got = f"rejected: {exc.message}"
+    assert got == general, raw
+
+
+def test_an_ecs_document_takes_the_fast_path() -> None:
+    from storage.record import _extras_to_metadata
+
+    raw = {"timestamp": "2024-01-01T00:00:00Z", "message": "m", "level": "info", "source": "api",
+           "host": "web-1", "status": 200, "metadata": {"k": "v"}, "duration_ms": 1.5}
+    shaped = _extras_to_metadata(raw)
+    assert shaped is not None and shaped["metadata"] == {"host": "web-1", "status": 200, "k": "v", "duration_ms": 1.5}
+    assert _normalize_simple(shaped, 1_710_000_000 * 10**9, DEFAULT_LIMITS) == _normalize_general(
+        raw, 1_710_000_000 * 10**9, DEFAULT_LIMITS)
+    assert _extras_to_metadata({**raw, "msg": "alias"}) is None
+    assert _extras_to_metadata({**raw, "nested": {"a": 1}}) is None
+
+
 def test_the_fast_path_takes_the_common_shape() -> None:
     raw = {"timestamp": "2024-01-01T00:00:00Z", "level": "error", "message": "db timeout", "source": "api",
            "tags": ["a", "b", "a"], "metadata": {"host": "web-1", "ms": 12, "ok": True}, "request_id": "r1"}
