@@ -119,6 +119,12 @@ class HeaderTotals:
         self.levels: dict[str, int] = {}
         self.sources: dict[str, int] = {}
         self.tags: dict[str, int] = {}
+        #: minute -> level -> count over the blocks, so "level X per minute (or in total) over a
+        #: window" costs O(minutes of the window) at any data size
+        self.minutes: dict[int, dict[str, int]] = {}
+        #: blocks whose header has no minute counts (written before version 2): while there are any,
+        #: ``minutes`` is incomplete and must not be used
+        self.without_minutes = 0
 
     def add(self, header: BlockHeader, sign: int = 1) -> None:
         self.count += sign * header.count
@@ -130,6 +136,37 @@ class HeaderTotals:
                     target[value] = left
                 else:
                     target.pop(value, None)
+        if header.minutes is None:
+            self.without_minutes += sign
+            return
+        for minute, level_counts in header.minutes.items():
+            target = self.minutes.get(minute)
+            if target is None:
+                target = self.minutes[minute] = {}
+            for level, n in level_counts.items():
+                left = target.get(level, 0) + sign * n
+                if left:
+                    target[level] = left
+                else:
+                    target.pop(level, None)
+            if not target:
+                del self.minutes[minute]
+
+    def minute_counts(self, first: int | None, end: int | None, levels: set[str]) -> dict[int, int]:
+        """Minute start (ns) -> records whose level is in ``levels``, for the minutes
+        ``first <= minute < end`` (None: open on that side)."""
+        minutes = self.minutes
+        if first is not None and end is not None and end - first <= len(minutes):
+            selected = ((m, minutes[m]) for m in range(first, end) if m in minutes)
+        else:
+            selected = ((m, c) for m, c in minutes.items()
+                        if (first is None or m >= first) and (end is None or m < end))
+        out: dict[int, int] = {}
+        for minute, level_counts in selected:
+            n = sum(c for level, c in level_counts.items() if level in levels)
+            if n:
+                out[minute * MINUTE_NS] = n
+        return out
 
     def remove(self, header: BlockHeader) -> None:
         self.add(header, -1)

@@ -279,6 +279,54 @@ def header_levels(node: q.Node, header: BlockHeader) -> set[str] | None:
     return None
 
 
+def level_window(node: q.Node, known_levels: Any) -> tuple[set[str], int | None, int | None] | None:
+    """(L, from_ns, to_ns) when ``node`` is "level in L" — the same L in every block — ANDed with time
+    ranges; None for any other filter.  ``known_levels``: every level the blocks hold (L is a subset),
+    the universe NOT takes its complement in.  Then counts and whole-minute histograms come from the
+    store's per-minute totals for the window's whole minutes."""
+    known = set(known_levels)
+    children = node.children if isinstance(node, q.And) else (node,)
+    lo: int | None = None
+    hi: int | None = None
+    levels = known
+    for child in children:
+        if isinstance(child, q.TimeRange):
+            if child.from_ns is not None:
+                lo = child.from_ns if lo is None else max(lo, child.from_ns)
+            if child.to_ns is not None:
+                hi = child.to_ns if hi is None else min(hi, child.to_ns)
+            continue
+        part = _global_levels(child, known)
+        if part is None:
+            return None
+        levels = levels & part
+    return levels, lo, hi
+
+
+def _global_levels(node: q.Node, known: set[str]) -> set[str] | None:
+    if isinstance(node, q.MatchAll):
+        return known
+    if isinstance(node, q.Field) and node.name == "level":
+        return {node.value} & known
+    if isinstance(node, q.MinSeverity):
+        return {level for level in known if severity(level) >= node.score}
+    if isinstance(node, (q.And, q.Or)):
+        parts = [_global_levels(child, known) for child in node.children]
+        if any(part is None for part in parts):
+            return None
+        out = set(known) if isinstance(node, q.And) else set()
+        for part in parts:
+            if isinstance(node, q.And):
+                out &= part  # type: ignore[operator]  # None excluded above
+            else:
+                out |= part  # type: ignore[operator]
+        return out
+    if isinstance(node, q.Not):
+        inner = _global_levels(node.child, known)
+        return None if inner is None else known - inner
+    return None
+
+
 # --- row queries --------------------------------------------------------------------------------
 
 

@@ -39,13 +39,13 @@ import msgpack
 
 from storage import layout
 from storage import query as q
-from storage.aggregate import AggSpec, Aggregator, to_wire as aggregate_to_wire
+from storage.aggregate import AggSpec, Aggregator, merge as merge_partials, to_wire as aggregate_to_wire
 from storage.avl import IntervalTree
 from storage.block import MAX_BLOCK_ROWS, SealedBlock, build_block
 from storage.env import Env, make_private_dir, take_owner_lock
 from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, StoreFull
-from storage.header import BlockHeader, HeaderTotals
-from storage.search import LruCache, Snapshot, run_aggregate, run_count, run_query
+from storage.header import MINUTE_NS, BlockHeader, HeaderTotals
+from storage.search import LruCache, Snapshot, level_window, run_aggregate, run_count, run_query
 
 log = logging.getLogger("shardlog.store")
 
@@ -636,7 +636,43 @@ class Store:
 
     def count(self, node: q.Node) -> int:
         node = self._visible(node)
+        plan = self._minute_plan(node)
+        if plan is not None:
+            whole, edges, tail = plan
+            return (sum(whole.values()) + sum(run_count(self._env.read, self._dbs, self._cache, snap, edge_node)
+                                              for edge_node, snap in edges)
+                    + sum(1 for record in tail if q.matches(node, record)))
         return run_count(self._env.read, self._dbs, self._cache, self._snapshot(node), node)
+
+    def _minute_plan(self, node: q.Node) -> tuple[dict[int, int], list[tuple[q.Node, Snapshot]],
+                                                  list[dict[str, Any]]] | None:
+        """For "level in L" ANDed with a time window (``search.level_window``): the sealed matches in the
+        window's whole minutes from the per-minute totals (minute start ns -> count), the part of the
+        window outside whole minutes as (filter, snapshot of the blocks there, without the tail), and
+        the unsealed tail — all taken under one lock, so no record is counted twice or missed while a
+        block is sealed.  None when the filter is another shape (or old headers lack minute counts)."""
+        with self._state_lock:
+            totals = self._totals
+            if totals.without_minutes:
+                return None
+            split = level_window(node, totals.levels.keys())
+            if split is None:
+                return None
+            levels, lo, hi = split
+            first = None if lo is None else -(-lo // MINUTE_NS)  # the first whole minute
+            end = None if hi is None else hi // MINUTE_NS  # the minute after the last whole one
+            if first is not None and end is not None and first >= end:
+                return None  # no whole minute: the blocks answer
+            whole = totals.minute_counts(first, end, levels) if levels else {}
+            edges = []
+            for edge_lo, edge_hi in ((lo, None if first is None else first * MINUTE_NS),
+                                     (None if end is None else end * MINUTE_NS, hi)):
+                if edge_lo is None or edge_hi is None or edge_lo >= edge_hi:
+                    continue
+                headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(edge_lo, edge_hi)]
+                edges.append((q.and_nodes(node, q.TimeRange(edge_lo, edge_hi)), Snapshot(headers, self._blooms, [])))
+            tail = [r for entry in self._tail for r in entry.records[entry.start:]]
+        return whole, edges, tail
 
     def aggregate(self, node: q.Node, spec: AggSpec) -> dict[str, Any]:
         """A partial aggregation state in wire form (merge with ``storage.aggregate``)."""
@@ -652,6 +688,20 @@ class Store:
                     agg.add_record(record)
                 return aggregate_to_wire(agg.partial)
         node = self._visible(node)
+        if spec.interval_ns is not None and spec.interval_ns % MINUTE_NS == 0 and spec.group_by is None \
+                and spec.histogram is None and not spec.top:
+            plan = self._minute_plan(node)
+            if plan is not None:
+                whole, edges, tail = plan
+                agg = Aggregator(spec)
+                agg.add_minute_counts(whole)
+                for edge_node, snap in edges:
+                    merge_partials(agg.partial, run_aggregate(self._env.read, self._dbs, self._cache, snap,
+                                                              edge_node, spec).partial)
+                for record in tail:
+                    if q.matches(node, record):
+                        agg.add_record(record)
+                return aggregate_to_wire(agg.partial)
         agg = run_aggregate(self._env.read, self._dbs, self._cache, self._snapshot(node), node, spec)
         return aggregate_to_wire(agg.partial)
 

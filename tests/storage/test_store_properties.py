@@ -29,8 +29,10 @@ import pytest
 from storage import query as q
 from storage.aggregate import AggSpec, finalize, from_wire
 from storage.layout import meta_value_text
+from storage.levels import SEVERITY
 from storage.store import Store, StoreConfig
-from tests.helpers import S_NS, T0_NS, QueryGen, RecordGen, close_store, seeds_to_run, short_tmpdir
+from tests.helpers import (ALL_LEVELS, S_NS, T0_NS, QueryGen, RecordGen, close_store, seeds_to_run,
+                           short_tmpdir)
 
 SPREAD_NS = 3_600 * S_NS
 SEEDS = seeds_to_run([1, 2, 3, 4, 5, 6])
@@ -108,6 +110,47 @@ class Checker:
             self.check_cursor(node, expected, where)
             assert self.store.count(node) == len(expected), f"count: {where}"
             self.check_aggregate(node, expected, where)
+        for _ in range(n_ast):
+            self.check_level_window(self.level_window_node())
+
+    def level_window_node(self) -> q.Node:
+        """"level in L" ANDed with a time window (sometimes open, sometimes minute-aligned): the shape
+        the store answers from per-minute totals plus the blocks at the window's edges."""
+        rng = self.rng
+
+        def levels(depth: int = 0) -> q.Node:
+            kind = rng.randrange(6 if depth < 2 else 3)
+            if kind == 0:
+                return q.Field("level", rng.choice(ALL_LEVELS + ("ABSENT",)))
+            if kind == 1:
+                return q.MinSeverity(rng.choice(sorted(set(SEVERITY.values()))))
+            if kind == 2:
+                return q.MatchAll()
+            if kind == 3:
+                return q.Not(levels(depth + 1))
+            children = tuple(levels(depth + 1) for _ in range(rng.randint(1, 3)))
+            return q.Or(children) if kind == 4 else q.And(children)
+
+        def point() -> int:
+            t = T0_NS + rng.randrange(-SPREAD_NS // 10, SPREAD_NS * 11 // 10)
+            return t // (60 * S_NS) * 60 * S_NS if rng.random() < 0.3 else t
+
+        lo, hi = sorted((point(), point()))
+        children = [levels(), q.TimeRange(None if rng.random() < 0.15 else lo, None if rng.random() < 0.15 else hi)]
+        rng.shuffle(children)
+        return q.And(tuple(children))
+
+    def check_level_window(self, node: q.Node) -> None:
+        expected = _expected(self.records, node)
+        where = f"{self.label} level window={q.to_wire(node)!r} ({len(expected)} expected matches)"
+        assert self.store.count(node) == len(expected), f"count: {where}"
+        interval_ns = self.rng.choice((60 * S_NS, 120 * S_NS, 3_600 * S_NS, 90 * S_NS))
+        spec = AggSpec(interval_ns=interval_ns)
+        result = finalize(from_wire(self.store.aggregate(node, spec)), spec)
+        buckets = Counter(r["ts_ns"] // interval_ns * interval_ns for r in expected)
+        assert result["total"] == len(expected), f"histogram total, interval {interval_ns}: {where}"
+        assert result["time_histogram"] == sorted([b, n] for b, n in buckets.items()), (
+            f"time histogram, interval {interval_ns}: {where}")
 
     def check_rows(self, node: q.Node, expected: list[dict[str, Any]], where: str) -> None:
         rng = self.rng
