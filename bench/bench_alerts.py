@@ -44,7 +44,7 @@ from typing import Any, Sequence
 from bench import report
 from bench.bench_e2e import Daemon, _progress, ingest_http, process_tree, recent_start_ns
 from bench.workload import SOURCES, TAGS, generate, to_jsonl
-from shardd.protocol import Client
+from shardd.client import Client
 
 #: the issue's target: 100 active rules cost under 30 % of the ingest rate
 TARGET_COST_100 = 0.30

@@ -28,7 +28,7 @@ and measures what a user of the whole system pays.  It guarantees:
 
 Parts (``--parts``, all by default): ``sqlite`` the baseline; ``http`` a 2-shard daemon ingesting
 over HTTP with ``--concurrency`` requests in flight, then flush, bytes on disk and the 8 queries
-through one persistent ``shardd.protocol.Client``; ``cli`` a fresh 2-shard daemon fed by
+through one persistent ``shardd.client.Client``; ``cli`` a fresh 2-shard daemon fed by
 ``shardlog ingest FILE`` (the whole command is timed, interpreter start included); ``scaling`` a
 fresh 1-shard daemon ingesting over HTTP exactly as ``http`` does, for the 2-vs-1 shard ratio.
 Daemons run one at a time and never overlap the SQLite child, so no part competes with another
@@ -73,8 +73,10 @@ from bench.workload import (
     query_params,
     to_jsonl,
 )
-from shardd.protocol import Client
+from shardd.client import Client
 from storage import query as q
+from storage import querytext
+from storage import querywire
 from storage.errors import ShardlogError
 from storage.timefmt import format_timestamp, parse_timestamp
 
@@ -487,13 +489,13 @@ class DaemonQueries:
         level_error = q.Field("level", "ERROR")
         #: name -> (op, params, converter of the answer)
         self.calls: dict[str, tuple[str, dict[str, Any], Callable[[Any], Any]]] = {
-            "rare_token": ("query", {"q": q.format_query(q.Token(p.rare_token)), "limit": 100},
+            "rare_token": ("query", {"q": querytext.format_query(q.Token(p.rare_token)), "limit": 100},
                            self._rows),
-            "common_error": ("query", {"q": q.format_query(q.And((q.Token(p.common_token), level_error))),
+            "common_error": ("query", {"q": querytext.format_query(q.And((q.Token(p.common_token), level_error))),
                                        "limit": 100}, self._rows),
-            "warn_count_1h": ("count", {"q": q.format_query(q.Field("level", "WARN")), **hour},
+            "warn_count_1h": ("count", {"q": querytext.format_query(q.Field("level", "WARN")), **hour},
                               lambda answer: answer["count"]),
-            "source_page2_6h": ("query", {"q": q.format_query(q.Field("source", p.page_source)),
+            "source_page2_6h": ("query", {"q": querytext.format_query(q.Field("source", p.page_source)),
                                           **six_hours, "offset": p.page_offset, "limit": p.page_limit},
                                 self._rows),
             "count_by_source": ("aggregate", {"group_by": "source"},
@@ -502,7 +504,7 @@ class DaemonQueries:
                                lambda answer: dict(sorted(answer["group_by"].items()))),
             "top5_tags": ("aggregate", {"top": "tags:5"},
                           lambda answer: [list(pair) for pair in answer["top"]["tags"]]),
-            "error_per_minute_1h": ("aggregate", {"q": q.format_query(level_error), **hour,
+            "error_per_minute_1h": ("aggregate", {"q": querytext.format_query(level_error), **hour,
                                                   "interval": _duration_text(p.histogram_interval_ns)},
                                     self._time_histogram),
         }
@@ -549,13 +551,13 @@ def shard_request(op: str, params: dict[str, Any], now_ns: int) -> dict[str, Any
 
     if op == "query":
         search = parse_search(params, now_ns)
-        return {"filter": q.to_wire(search.node), "sort": "desc" if search.desc else "asc", "offset": 0,
+        return {"filter": querywire.to_wire(search.node), "sort": "desc" if search.desc else "asc", "offset": 0,
                 "limit": search.offset + search.limit, "after": None, "want_total": True}
     if op == "count":
         node, _ = parse_filter(params, now_ns)
-        return {"filter": q.to_wire(node)}
+        return {"filter": querywire.to_wire(node)}
     request = parse_aggregate(params, now_ns)
-    return {"filter": q.to_wire(request.node), "spec": request.spec.to_wire()}
+    return {"filter": querywire.to_wire(request.node), "spec": request.spec.to_wire()}
 
 
 def time_shards_directly(daemon: Daemon, queries: DaemonQueries, repeat: int,

@@ -47,7 +47,7 @@ from bench import report
 from bench.bench_e2e import CALL_TIMEOUT_S, Daemon, cpu_delta, recent_start_ns
 from bench.workload import Record, generate, rfc3339_ns, to_jsonl
 from coordinator import loki
-from shardd.protocol import Client
+from shardd.client import Client
 
 FORMATS = ("jsonline", "es-bulk", "es-bulk-flat", "loki-json", "loki-protobuf")
 BASELINE = "jsonline"

@@ -26,7 +26,7 @@ from typing import IO, Any
 import click
 
 from coordinator.config import SOCKET_NAME, default_data_dir, socket_path_for
-from shardd.protocol import Client
+from shardd.client import Client
 from storage.errors import ShardlogError, ShardUnavailable
 
 ENV_SOCKET = "SHARDLOG_SOCKET"

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Protocol
 from coordinator.alerts import AlertEngine, Rule
 from coordinator.metrics import Metrics
 from coordinator.supervisor import Supervisor
-from shardd.protocol import AsyncClient
+from shardd.client import AsyncClient
 from storage.errors import BadQuery, BadRequest, ShardlogError
 from storage.timefmt import parse_time_arg
 

@@ -28,9 +28,11 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from storage import query as q
+from storage import querytext
 from storage.aggregate import resolve_field
 from storage.alert_window import WindowCounts
 from storage.errors import BadQuery, NotFound
+from storage.filters import filters_to_node
 from storage.record import to_public
 from storage.rule_match import RuleSpec
 from storage.timefmt import format_timestamp, parse_duration, parse_timestamp
@@ -100,12 +102,12 @@ class Rule:
         if query is None and isinstance(conditions, str):
             query = conditions
         if query is None and isinstance(conditions, Mapping):
-            query = q.format_query(q.filters_to_node(conditions, now_ns=now_ns))
+            query = querytext.format_query(filters_to_node(conditions, now_ns=now_ns))
         if query is None:
             query = ""
         if not isinstance(query, str):
             raise BadQuery(f"rule {name!r}: query must be a query string, got {type(query).__name__}")
-        parsed = q.parse_query(query, now_ns=now_ns)
+        parsed = querytext.parse_query(query, now_ns=now_ns)
         if parsed.pipes:
             raise BadQuery(f"rule {name!r}: a rule's query cannot have pipes ('|'); use group_by instead")
         if q.time_bounds(parsed.filter) != (None, None):

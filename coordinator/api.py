@@ -48,10 +48,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from coordinator.config import socket_path_for
-from shardd.protocol import Client
+from shardd.client import Client
 from storage.errors import BadQuery, BadRecord, Overloaded, ShardlogError, ShardUnavailable
+from storage.filters import filters_to_node
 from storage.levels import normalize_level
-from storage.query import filters_to_node, format_query
+from storage.querytext import format_query
 from storage.record import TS_INVALID_KEY, TS_ORIGINAL_KEY
 from storage.timefmt import format_timestamp, parse_timestamp
 

@@ -29,8 +29,8 @@ Guarantees:
   ``process``, plus the handler's static ``tags``/``metadata``.  Attributes given with ``extra=``
   become fields (``request_id``, ``user_id``, ``tags``) or metadata (anything else; values that are
   not str/int/float/bool are sent as ``str(value)``).
-- Importing this module loads neither LMDB nor the daemon (only ``shardd.protocol`` and
-  ``coordinator.config``'s path helpers).
+- Importing this module loads neither LMDB nor the daemon (only ``shardd.client``,
+  ``shardd.protocol`` and ``coordinator.config``'s path helpers).
 
 The counters are plain ints, written by one thread each (``dropped`` by ``emit`` under the
 handler's lock; ``sent``, ``failed``, ``rejected`` by the sender thread); reading them from any
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.config import default_data_dir, socket_path_for
-from shardd.protocol import Client
+from shardd.client import Client
 from storage.errors import ShardlogError
 
 ENV_SOCKET = "SHARDLOG_SOCKET"

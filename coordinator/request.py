@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from storage import query as q
+from storage import querytext
 from storage.aggregate import AggSpec
 from storage.errors import BadQuery
 from storage.levels import LEVELS, SEVERITY, normalize_level
@@ -91,7 +92,7 @@ def parse_filter(params: Mapping[str, Any], now_ns: int) -> tuple[q.Node, tuple[
     pipes: tuple[Any, ...] = ()
     text = _text(params, "q")
     if text is not None:
-        parsed = q.parse_query(text, now_ns=now_ns)
+        parsed = querytext.parse_query(text, now_ns=now_ns)
         nodes.append(parsed.filter)
         pipes = tuple(parsed.pipes)
     lo = hi = None

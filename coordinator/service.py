@@ -38,6 +38,7 @@ from coordinator.supervisor import Supervisor
 from coordinator.textlog import TextParser, TextRecord
 from storage import aggregate as agg
 from storage import query as q
+from storage import querywire
 from storage.errors import (BadQuery, BadRecord, BadRequest, Overloaded, ShardlogError, ShardUnavailable)
 from storage.record import normalize_record, to_public
 from storage.timefmt import format_timestamp
@@ -372,7 +373,7 @@ class Service:
         window = request.offset + request.limit
         # each shard returns one row more than the page needs: if the merge holds more than the page,
         # another page exists (exact, whatever the shard count)
-        args = {"filter": q.to_wire(request.node), "sort": "desc" if request.desc else "asc", "offset": 0,
+        args = {"filter": querywire.to_wire(request.node), "sort": "desc" if request.desc else "asc", "offset": 0,
                 "limit": window + 1, "after": list(request.after) if request.after else None,
                 "want_total": request.after is None}
         if request.after is not None:
@@ -396,7 +397,7 @@ class Service:
     async def count(self, params: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         node, _ = parse_filter(params, time.time_ns())
-        results, failed = await self._scatter("count", {"filter": q.to_wire(node)})
+        results, failed = await self._scatter("count", {"filter": querywire.to_wire(node)})
         self.metrics.query_latency.labels("count").observe(time.perf_counter() - started)
         return {"count": sum(r["count"] for r in results if r is not None), "partial": bool(failed),
                 **({"failed_shards": failed} if failed else {})}
@@ -404,7 +405,7 @@ class Service:
     async def aggregate(self, params: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         request = parse_aggregate(params, time.time_ns())
-        results, failed = await self._scatter("aggregate", {"filter": q.to_wire(request.node),
+        results, failed = await self._scatter("aggregate", {"filter": querywire.to_wire(request.node),
                                                             "spec": request.spec.to_wire()})
         merged = agg.new_partial(request.spec)
         if "time_histogram" in merged:

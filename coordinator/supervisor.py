@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from coordinator.datadir import DataDir
-from shardd.protocol import AsyncClient
+from shardd.client import AsyncClient
 from storage.errors import ShardlogError, ShardUnavailable
 
 log = logging.getLogger("shardlog.supervisor")

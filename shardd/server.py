@@ -41,6 +41,7 @@ from typing import Any
 
 from shardd import protocol
 from storage import query as q
+from storage import querywire
 from storage.aggregate import AggSpec
 from storage.errors import BadRequest, ShardlogError
 from storage.gctune import tune_gc
@@ -100,7 +101,7 @@ class ShardServer:
                 result = dict(result, alerts=counts)
             return result
         if op == "query":
-            node = q.from_wire(args.get("filter", ["all"]))
+            node = querywire.from_wire(args.get("filter", ["all"]))
             sort = args.get("sort", "desc")
             if sort not in ("asc", "desc"):
                 raise BadRequest(f"sort must be 'asc' or 'desc', got {sort!r}")
@@ -114,10 +115,10 @@ class ShardServer:
             return await loop.run_in_executor(self.readers, lambda: self.store.query(
                 node, sort=sort, offset=offset, limit=limit, after=after, want_total=want_total))
         if op == "count":
-            node = q.from_wire(args.get("filter", ["all"]))
+            node = querywire.from_wire(args.get("filter", ["all"]))
             return {"count": await loop.run_in_executor(self.readers, self.store.count, node)}
         if op == "aggregate":
-            node = q.from_wire(args.get("filter", ["all"]))
+            node = querywire.from_wire(args.get("filter", ["all"]))
             spec = AggSpec.from_wire(args.get("spec"))
             return await loop.run_in_executor(self.readers, self.store.aggregate, node, spec)
         if op == "stats":

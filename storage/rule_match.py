@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from storage import query as q
+from storage import querywire
 from storage.aggregate import record_values, resolve_field
 from storage.layout import meta_value_text
 from storage.levels import severity
@@ -39,7 +40,7 @@ class RuleSpec:
     group_by: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"id": self.rule_id, "filter": q.to_wire(self.node), "group_by": self.group_by}
+        return {"id": self.rule_id, "filter": querywire.to_wire(self.node), "group_by": self.group_by}
 
     @staticmethod
     def from_wire(obj: Any) -> "RuleSpec":
@@ -50,7 +51,7 @@ class RuleSpec:
         group_by = obj.get("group_by")
         if group_by is not None and not isinstance(group_by, str):
             raise BadRequest(f"rule {obj['id']!r}: group_by must be a string or null")
-        return RuleSpec(obj["id"], q.from_wire(obj.get("filter")), group_by)
+        return RuleSpec(obj["id"], querywire.from_wire(obj.get("filter")), group_by)
 
 
 def _fields_and_tokens(node: q.Node, fields: set[str], tokens: set[str]) -> None:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shardd.protocol import Client
+from shardd.client import Client
 from storage.errors import ShardlogError
 from tests.helpers import S_NS, T0_NS, process_gone, wait_for
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shardd.protocol import Client
+from shardd.client import Client
 from storage import query as q
 from storage.levels import LEVELS, SEVERITY
 

@@ -26,6 +26,7 @@ import pytest
 
 from coordinator.request import parse_filter
 from storage import query as q
+from storage import querytext
 from storage.record import normalize_record
 from storage.timefmt import format_timestamp
 from tests.helpers import S_NS, T0_NS, QueryGen, RecordGen, seeds_to_run
@@ -139,7 +140,7 @@ def random_q(rng: random.Random) -> str:
     elif roll < 0.55:
         text = gen.text()
     else:
-        text = q.format_query(gen.node())
+        text = querytext.format_query(gen.node())
     if rng.random() < 0.3:
         low, high = sorted((time_text(rng), time_text(rng)))
         text = f"{text} _time:[{low}, {high})".strip()

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from storage import query as q
+from storage import querytext
 from storage.errors import BadQuery
 from tests.daemon import Daemon, free_port
 
@@ -230,7 +230,7 @@ def test_a_bad_query_is_a_400_json_error_naming_the_column(http: Http) -> None:
     assert status == 400, answer
     assert answer["error"] == "bad_query"
     with pytest.raises(BadQuery) as expected:
-        q.parse_query(bad, now_ns=time.time_ns())
+        querytext.parse_query(bad, now_ns=time.time_ns())
     assert answer["message"] == expected.value.message
     assert re.search(r"column \d+", answer["message"]), answer
     for path in ("/api/v1/count", "/api/v1/aggregate"):

@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from shardd.protocol import Client
+from shardd.client import Client
 from storage.errors import ShardlogError
 from tests.helpers import RecordGen, ShardProcess, seeds_to_run, short_tmpdir, wait_for
 

@@ -1,4 +1,4 @@
-"""Tests for shardd/protocol.py: framing, hostile input, schema, servers and clients.
+"""Tests for shardd/protocol.py and shardd/client.py: framing, hostile input, schema, servers and clients.
 
 Servers run over real unix sockets in short /tmp directories.  Async tests use ``asyncio.run``;
 sync-client tests run the asyncio server in a background thread.  No test sleeps for a fixed time:
@@ -28,13 +28,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardd import protocol
+from shardd.client import AsyncClient, Client
 from shardd.protocol import (
     HEADER,
     MAGIC,
     MAX_FRAME_BYTES,
     VERSION,
-    AsyncClient,
-    Client,
     check_request,
     check_response,
     encode_frame,

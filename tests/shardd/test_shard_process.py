@@ -1,6 +1,6 @@
 """Tests of the shard process (shardd.server) as a real ``python -m shardd`` subprocess.
 
-Every operation over the wire against a plain oracle (filters sent with ``storage.query.to_wire``),
+Every operation over the wire against a plain oracle (filters sent with ``storage.querywire.to_wire``),
 shutdown and restart on the same data dir, the boot-failure exit code 78 (data dir is a file,
 foreign or newer manifest, store locked by a live Store in this process), exit when the parent
 process is gone, and hostile frames on raw sockets: each gets an error answer or a closed
@@ -26,9 +26,12 @@ from typing import Any, Iterator
 import msgpack
 import pytest
 
-from shardd.protocol import HEADER, MAGIC, VERSION, AsyncClient, Client, encode_frame, read_frame
+from shardd.client import AsyncClient, Client
+from shardd.protocol import HEADER, MAGIC, VERSION, encode_frame, read_frame
 from storage import layout
 from storage import query as q
+from storage import querytext
+from storage import querywire
 from storage.aggregate import AggSpec, finalize, from_wire
 from storage.errors import BadRequest, FormatMismatch
 from storage.store import Store, StoreConfig
@@ -89,8 +92,8 @@ def test_operations_over_the_wire_then_shutdown_and_restart() -> None:
 
         queries = QueryGen(rng, known_ids=[r["id"] for r in records])
         for node in [q.MatchAll(), *(queries.node() for _ in range(8)),
-                     q.parse_query("level:>=WARN OR tag:prod", now_ns=T0_NS).filter]:
-            wire = q.to_wire(node)
+                     querytext.parse_query("level:>=WARN OR tag:prod", now_ns=T0_NS).filter]:
+            wire = querywire.to_wire(node)
             expected = sorted((r for r in everything if q.matches(node, r)), key=_key)
             where = f"filter={wire!r}"
             for sort in ("asc", "desc"):

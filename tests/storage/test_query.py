@@ -1,4 +1,5 @@
-"""Tests of storage.query: the language (table tests for every construct and error, with columns),
+"""Tests of storage.query and its other forms (storage.querytext, storage.querywire,
+storage.filters): the language (table tests for every construct and error, with columns),
 the seed filter dict, the plain evaluator on hand-built records, and hypothesis properties:
 wire round trip, format/parse round trip, semantics kept by simplify, and "only BadQuery /
 BadRequest" on arbitrary input.  Hypothesis prints the falsifying example on failure.
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage.errors import BadQuery, BadRequest
+from storage.filters import filters_to_node
 from storage.levels import LEVELS
 from storage.query import (
     And,
@@ -36,18 +38,12 @@ from storage.query import (
     Token,
     TopPipe,
     and_nodes,
-    filters_to_node,
-    format_full_query,
-    format_query,
-    from_wire,
     matches,
-    parse_query,
-    query_from_wire,
-    query_to_wire,
     simplify,
     time_bounds,
-    to_wire,
 )
+from storage.querytext import format_full_query, format_query, parse_query
+from storage.querywire import from_wire, query_from_wire, query_to_wire, to_wire
 from storage.tokens import tokenize
 
 S = 1_000_000_000

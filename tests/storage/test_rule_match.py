@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from storage import query as q
+from storage import querytext
 from storage.aggregate import record_values, resolve_field
 from storage.rule_match import NS_PER_S, SAMPLES_PER_RULE, RuleSet, RuleSpec
 from storage.tokens import tokenize
@@ -73,7 +74,7 @@ def random_rule(rng: random.Random, queries: QueryGen, rule_id: str) -> RuleSpec
         children = tuple(prefilter_child(rng, queries) for _ in range(rng.randint(1, 4)))
         node: q.Node = children[0] if len(children) == 1 else q.And(children)
     elif roll < 0.8:
-        node = q.parse_query(queries.text(), now_ns=T0_NS).filter
+        node = querytext.parse_query(queries.text(), now_ns=T0_NS).filter
     else:
         node = queries.node()
     return RuleSpec(rule_id, node, rng.choice(GROUP_FIELDS))
@@ -113,10 +114,10 @@ def test_prefilters_on_a_hand_made_batch() -> None:
                record(3, 1, "ERROR", "api", "Timeout!", ["prod", "eu"]),
                record(4, 1, "INFO", "api", "timeouts are fine", ["prod"]),
                record(5, 2, "FATAL", "db", "disk full", ["eu"])]
-    rules = [RuleSpec("errors", q.parse_query("level:ERROR timeout", now_ns=T0_NS).filter),
-             RuleSpec("warn-up", q.parse_query("level:>=WARN", now_ns=T0_NS).filter, "source"),
-             RuleSpec("tagged", q.parse_query("tag:prod -timeout", now_ns=T0_NS).filter, "tags"),
-             RuleSpec("nothing", q.parse_query("source:nope", now_ns=T0_NS).filter)]
+    rules = [RuleSpec("errors", querytext.parse_query("level:ERROR timeout", now_ns=T0_NS).filter),
+             RuleSpec("warn-up", querytext.parse_query("level:>=WARN", now_ns=T0_NS).filter, "source"),
+             RuleSpec("tagged", querytext.parse_query("tag:prod -timeout", now_ns=T0_NS).filter, "tags"),
+             RuleSpec("nothing", querytext.parse_query("source:nope", now_ns=T0_NS).filter)]
     got = RuleSet(rules).count(records)
     base_s = T0_NS // NS_PER_S
     # "timeouts" is another token than "timeout" (DESIGN §2)
@@ -143,5 +144,5 @@ def test_samples_are_capped_and_newest_first() -> None:
 
 
 def test_rule_spec_wire_round_trip() -> None:
-    spec = RuleSpec("r", q.parse_query('level:ERROR "connection refused" -source:db', now_ns=T0_NS).filter, "host")
+    spec = RuleSpec("r", querytext.parse_query('level:ERROR "connection refused" -source:db', now_ns=T0_NS).filter, "host")
     assert RuleSpec.from_wire(spec.to_wire()) == spec

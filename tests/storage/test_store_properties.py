@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 
 from storage import query as q
+from storage import querytext
+from storage import querywire
 from storage.aggregate import AggSpec, finalize, from_wire
 from storage.layout import meta_value_text
 from storage.levels import SEVERITY
@@ -99,13 +101,13 @@ class Checker:
         nodes += [gen.node() for _ in range(n_ast)]
         for _ in range(n_text):
             text = gen.text()
-            nodes.append(q.parse_query(text, now_ns=NOW_NS).filter)
+            nodes.append(querytext.parse_query(text, now_ns=NOW_NS).filter)
         return nodes
 
     def run(self, n_ast: int = 10, n_text: int = 4) -> None:
         for node in self.nodes(n_ast, n_text):
             expected = _expected(self.records, node)
-            where = f"{self.label} query={q.to_wire(node)!r} ({len(expected)} expected matches)"
+            where = f"{self.label} query={querywire.to_wire(node)!r} ({len(expected)} expected matches)"
             self.check_rows(node, expected, where)
             self.check_cursor(node, expected, where)
             assert self.store.count(node) == len(expected), f"count: {where}"
