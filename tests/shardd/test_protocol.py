@@ -791,10 +791,14 @@ def test_schema_error_with_a_usable_id_is_answered_and_the_connection_stays(
         assert read_frame(raw) == {"id": 8, "ok": {"a": 1}}
 
 
-def test_module_imports_without_lmdb() -> None:
+@pytest.mark.parametrize("module", ["shardd.protocol", "shardd.client", "storage.query", "storage.querytext",
+                                    "storage.querywire", "storage.filters"])
+def test_module_imports_without_lmdb(module: str) -> None:
+    """The wire module, the clients and the query language serve user processes (CLI, Python API):
+    they must not load LMDB."""
     import pathlib
     import subprocess
 
     repo_root = pathlib.Path(__file__).resolve().parents[2]
-    code = "import sys, shardd.protocol; sys.exit('lmdb' in sys.modules)"
+    code = f"import sys, {module}; sys.exit('lmdb' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=repo_root, timeout=WAIT_S).returncode == 0

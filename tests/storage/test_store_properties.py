@@ -144,7 +144,7 @@ class Checker:
 
     def check_level_window(self, node: q.Node) -> None:
         expected = _expected(self.records, node)
-        where = f"{self.label} level window={q.to_wire(node)!r} ({len(expected)} expected matches)"
+        where = f"{self.label} level window={querywire.to_wire(node)!r} ({len(expected)} expected matches)"
         assert self.store.count(node) == len(expected), f"count: {where}"
         interval_ns = self.rng.choice((60 * S_NS, 120 * S_NS, 3_600 * S_NS, 90 * S_NS))
         spec = AggSpec(interval_ns=interval_ns)
