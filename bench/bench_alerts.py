@@ -95,6 +95,7 @@ def realistic_rules(count: int, seed: int = 1) -> list[dict[str, Any]]:
 def run_once(run_dir: Path, rules: list[dict[str, Any]], bodies: list[bytes], args: argparse.Namespace,
              label: str, profile_dir: Path | None = None) -> dict[str, Any]:
     """One daemon run: start, add ``rules``, ingest ``bodies`` over HTTP, flush, stop."""
+    report.settle_disk()  # no run pays for the previous one's writeback
     daemon = Daemon(run_dir / label, 2)
     profilers: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     try:

@@ -772,7 +772,8 @@ def render_text(summary: dict[str, Any]) -> str:
         f"ingest: HTTP POST /insert/jsonline, {summary['batch']:,} lines per request, "
         f"{summary['concurrency']} requests in flight; CLI: `shardlog ingest FILE` (whole command); "
         f"SQLite: one durable transaction per {summary['batch']:,} records.",
-        "ingest time = first request to last ack + final flush (SQLite: + final WAL checkpoint).",
+        "ingest time = first request to last ack + final flush (SQLite: + final WAL checkpoint); "
+        "each part starts after os.sync().",
         "ratio = shardlog / SQLite.  ingest: higher is better; bytes, RSS, times: lower is better.",
         "",
     ]
@@ -904,6 +905,7 @@ def run(args: argparse.Namespace) -> int:
                   f"in {run_dir}")
 
         def attempt(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+            report.settle_disk()  # no part pays for the previous one's writeback
             try:
                 parts[name] = fn()
             except (RuntimeError, ShardlogError, OSError, subprocess.SubprocessError) as exc:

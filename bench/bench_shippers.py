@@ -223,6 +223,7 @@ async def _post_all(base_url: str, fmt: str, encoded: Encoded, concurrency: int)
 
 def run_one(fmt: str, encoded: Encoded, run_dir: Path, n: int, concurrency: int) -> dict[str, Any]:
     """A fresh 2-shard daemon, ingest every body, flush, count; the timing and CPU per process."""
+    report.settle_disk()  # no run pays for the previous one's writeback
     daemon = Daemon(Path(tempfile.mkdtemp(prefix=f"{fmt[:4]}-", dir=run_dir)) / "d", 2)
     try:
         daemon.start()

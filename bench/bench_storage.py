@@ -381,7 +381,8 @@ def render_text(summary: dict[str, Any]) -> str:
         f"({summary['params']['rare_token_records']} records), common token "
         f"{summary['params']['common_token']!r} ({summary['params']['common_token_fraction']:.0%})",
         "ratio = shardlog / SQLite.  ingest: higher is better; bytes, RSS, times: lower is better.",
-        "bytes = allocated on disk (st_blocks * 512) after the final flush / WAL checkpoint.",
+        "bytes = allocated on disk (st_blocks * 512) after the final flush / WAL checkpoint.  "
+        "Each engine starts after os.sync().",
         "",
     ]
     engines = summary["engines"]
@@ -463,6 +464,7 @@ def run_parent(args: argparse.Namespace) -> int:
         results: dict[str, dict[str, Any]] = {}
         errors: list[str] = []
         for engine in engines:
+            report.settle_disk()
             outcome = _run_child(engine, run_dir, args)
             if isinstance(outcome, str):
                 errors.append(f"ERROR {outcome}")

@@ -105,6 +105,13 @@ def time_calls(
     return summarize(durations_s), result
 
 
+def settle_disk() -> None:
+    """Write every dirty page back (``os.sync``) before a timed part, so no part pays for the
+    writeback of what the previous one wrote (the generated input, the other engine's files)."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size in bytes.
 
