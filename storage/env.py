@@ -197,14 +197,15 @@ class Env:
                 # still inside the shared gate, so the map cannot be remapped (grow) meanwhile
                 self.release_over_budget()
 
-    def release_over_budget(self) -> None:
+    def release_over_budget(self, throttle: bool = True) -> None:
         """``release_pages()`` when this process's file-backed RSS is over ``max_mapped_bytes``
-        (checked at most every BUDGET_CHECK_INTERVAL_S).  The caller must keep ``grow()`` out:
-        hold the readers gate (shared) or the store's write lock."""
+        (checked at most every BUDGET_CHECK_INTERVAL_S unless ``throttle`` is False, which long
+        scans use every so many blocks).  The caller must keep ``grow()`` out: hold the readers
+        gate (shared, as inside ``read()``) or the store's write lock."""
         if not self.max_mapped_bytes:
             return
         now = time.monotonic()
-        if now - self._budget_checked_at < self.BUDGET_CHECK_INTERVAL_S:
+        if throttle and now - self._budget_checked_at < self.BUDGET_CHECK_INTERVAL_S:
             return
         self._budget_checked_at = now
         mapped = file_backed_rss()

@@ -17,7 +17,7 @@ import threading
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import lmdb
 
@@ -160,6 +160,20 @@ class View:
         for name, col in layout.FIELD_COLUMN.items():
             out[name] = self.column(col)[row]
         return out
+
+
+class ReadEnv(Protocol):
+    """What a search needs of ``storage.env.Env``: read transactions, and a way to unmap the data
+    file's pages during a long scan (a query over every block would otherwise map them all)."""
+
+    def read(self) -> Any: ...
+
+    def release_over_budget(self, throttle: bool = True) -> None: ...
+
+
+#: a scan checks the mapped-pages budget every 64 blocks (every 64 * 2 posting reads map at most
+#: a few MiB, with the kernel's fault-around)
+_RELEASE_EVERY_MASK = 63
 
 
 # --- skipping blocks without reading them ----------------------------------------------------------
@@ -363,7 +377,7 @@ def _after_ok(record: dict[str, Any], after: tuple[int, int] | None, desc: bool)
     return key < tuple(after) if desc else key > tuple(after)
 
 
-def run_query(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, desc: bool, offset: int,
+def run_query(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, desc: bool, offset: int,
               limit: int, after: tuple[int, int] | None, want_total: bool) -> dict[str, Any]:
     if offset < 0 or limit < 0:
         raise BadQuery(f"offset {offset} and limit {limit} must be >= 0")
@@ -396,8 +410,10 @@ def run_query(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, d
     node = prepare(node)
     by_header = header_answerable(node)
     picked: dict[int, tuple[View, list[int]]] = {}
-    with env_read() as txn:
-        for header in blocks:
+    with env.read() as txn:
+        for visited, header in enumerate(blocks):
+            if visited & _RELEASE_EVERY_MASK == _RELEASE_EVERY_MASK:
+                env.release_over_budget(throttle=False)
             can_contribute = window and (len(heap) < window or (
                 header.max_ts >= heap[0][0] if desc else header.min_ts <= -heap[0][0]))
             if not can_contribute and not want_total:
@@ -441,14 +457,16 @@ def run_query(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, *, d
     return {"rows": rows_out, "total": total if want_total else None}
 
 
-def run_count(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node) -> int:
+def run_count(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node) -> int:
     total = sum(1 for record in snap.tail if q.matches(node, record))
     hashes: dict[str, tuple[int, int]] = {}
     blocks, present = prefilter(snap, node, hashes)
     node = prepare(node)
     by_header = header_answerable(node)
-    with env_read() as txn:
-        for header in blocks:
+    with env.read() as txn:
+        for visited, header in enumerate(blocks):
+            if visited & _RELEASE_EVERY_MASK == _RELEASE_EVERY_MASK:
+                env.release_over_budget(throttle=False)
             c = header_count(node, header) if by_header else None
             if c is not None:
                 total += c
@@ -476,7 +494,7 @@ def _agg_columns(spec: AggSpec) -> dict[str, int]:
     return names
 
 
-def run_aggregate(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, spec: AggSpec) -> Aggregator:
+def run_aggregate(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node, spec: AggSpec) -> Aggregator:
     agg = Aggregator(spec)
     for record in snap.tail:
         if q.matches(node, record):
@@ -488,8 +506,10 @@ def run_aggregate(env_read, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
     by_header = header_answerable(node)
     # whole-minute intervals: per-minute level counts in the headers answer the time histogram
     by_minutes = spec.interval_ns is not None and spec.interval_ns % MINUTE_NS == 0
-    with env_read() as txn:
-        for header in blocks:
+    with env.read() as txn:
+        for visited, header in enumerate(blocks):
+            if visited & _RELEASE_EVERY_MASK == _RELEASE_EVERY_MASK:
+                env.release_over_budget(throttle=False)
             view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
                 if by_minutes and header.minutes is not None and agg.time_only:

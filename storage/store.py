@@ -631,7 +631,7 @@ class Store:
             after = (int(after[0]), int(after[1]))
             bounds = (None, after[0] + 1) if desc else (after[0], None)
         snap = self._snapshot(node, bounds)
-        return run_query(self._env.read, self._dbs, self._cache, snap, node, desc=desc, offset=offset,
+        return run_query(self._env, self._dbs, self._cache, snap, node, desc=desc, offset=offset,
                          limit=limit, after=after, want_total=want_total)
 
     def count(self, node: q.Node) -> int:
@@ -639,10 +639,10 @@ class Store:
         plan = self._minute_plan(node)
         if plan is not None:
             whole, edges, tail = plan
-            return (sum(whole.values()) + sum(run_count(self._env.read, self._dbs, self._cache, snap, edge_node)
+            return (sum(whole.values()) + sum(run_count(self._env, self._dbs, self._cache, snap, edge_node)
                                               for edge_node, snap in edges)
                     + sum(1 for record in tail if q.matches(node, record)))
-        return run_count(self._env.read, self._dbs, self._cache, self._snapshot(node), node)
+        return run_count(self._env, self._dbs, self._cache, self._snapshot(node), node)
 
     def _minute_plan(self, node: q.Node) -> tuple[dict[int, int], list[tuple[q.Node, Snapshot]],
                                                   list[dict[str, Any]]] | None:
@@ -696,13 +696,13 @@ class Store:
                 agg = Aggregator(spec)
                 agg.add_minute_counts(whole)
                 for edge_node, snap in edges:
-                    merge_partials(agg.partial, run_aggregate(self._env.read, self._dbs, self._cache, snap,
+                    merge_partials(agg.partial, run_aggregate(self._env, self._dbs, self._cache, snap,
                                                               edge_node, spec).partial)
                 for record in tail:
                     if q.matches(node, record):
                         agg.add_record(record)
                 return aggregate_to_wire(agg.partial)
-        agg = run_aggregate(self._env.read, self._dbs, self._cache, self._snapshot(node), node, spec)
+        agg = run_aggregate(self._env, self._dbs, self._cache, self._snapshot(node), node, spec)
         return aggregate_to_wire(agg.partial)
 
     def _everything_visible(self) -> bool:
