@@ -2,8 +2,10 @@
 engine, runs the 1 s evaluation timer, rebuilds windows at start, hands events to the notifiers,
 and serves the ``alerts_*`` RPC operations (docs/rpc.md).
 
-Nothing here blocks ingest: the engine's work per acknowledgement is a few dict updates, and
-notifications go to ``Notifier.send``, which only enqueues.
+Nothing here blocks ingest: the engine's work per acknowledgement is a few dict updates; the
+durable state writes of fired and resolved alerts run in one writer thread, in order, and their
+events are announced (watchers, notifiers, metrics) only once those writes are done; notifications
+go to ``Notifier.send``, which only enqueues.  Reads of the state (history) wait for pending writes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Protocol
 
 from coordinator.alerts import AlertEngine, Rule
@@ -49,6 +52,9 @@ class AlertService:
         self._event_seq = 0
         self._event_cond = asyncio.Condition()
         self._task: asyncio.Task | None = None
+        # the engine queues its state writes; _after() runs them here, off the event loop
+        engine.deferred = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alert-state")
         supervisor.prepare = self._prepare_shard
         self._ops = {
             "alerts_add": self.rpc_add, "alerts_list": self.rpc_list, "alerts_remove": self.rpc_remove,
@@ -85,7 +91,35 @@ class AlertService:
         for result in shard_results:
             counts = result.get("alerts") if isinstance(result, Mapping) else None
             if counts:
-                self._publish(self.engine.observe(counts))
+                self._after(self.engine.observe(counts))
+
+    def _after(self, events: list[dict[str, Any]]) -> None:
+        """Run the state writes the engine queued (in the writer thread, in order), then announce
+        ``events``: an alert is durable before anyone hears of it, and no fsync stalls the loop."""
+        writes, self.engine.deferred = self.engine.deferred, []
+        if not writes:
+            self._publish(events)
+            return
+
+        def write_all() -> None:
+            for write in writes:
+                write()
+
+        def announce(done: asyncio.Future[None]) -> None:
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is not None:
+                log.error("alert state could not be written (%s); %d alert events are not announced",
+                          error, len(events))
+                return
+            self._publish(events)
+
+        asyncio.get_running_loop().run_in_executor(self._writer, write_all).add_done_callback(announce)
+
+    async def _written(self) -> None:
+        """Wait until every state write queued so far is done."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, lambda: None)
 
     def _publish(self, events: list[dict[str, Any]]) -> None:
         for event in events:
@@ -128,7 +162,7 @@ class AlertService:
                 samples.extend(part.get("samples", []))
             self.engine.rebuild(rule.name, counts, samples)
         fired, resolved = self.engine.tick()
-        self._publish(fired + resolved)
+        self._after(fired + resolved)
 
     async def run(self) -> None:
         """The 1 s timer: windows slide and cooldowns expire without waiting for the next log."""
@@ -136,7 +170,7 @@ class AlertService:
             await asyncio.sleep(TICK_S)
             try:
                 fired, resolved = self.engine.tick()
-                self._publish(fired + resolved)
+                self._after(fired + resolved)
             except Exception:
                 log.exception("alert evaluation failed; trying again in %.0f s", TICK_S)
 
@@ -147,6 +181,8 @@ class AlertService:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self._written()  # queued alert state is durable before the state store closes
+        self._writer.shutdown(wait=True)
 
     # --- RPC -----------------------------------------------------------------------------------
 
@@ -181,6 +217,7 @@ class AlertService:
         limit = args.get("limit", 1000)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
             raise BadQuery(f"limit {limit!r} must be an integer from 1 to 100000")
+        await self._written()  # alerts fired by earlier requests are in the history
         return {"alerts": self.engine.history(since_ns, limit)}
 
     async def rpc_import(self, args: dict[str, Any]) -> dict[str, Any]:

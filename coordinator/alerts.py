@@ -186,6 +186,8 @@ class AlertEngine:
         self.samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._fired_since_trim = 0
         self._seq = itertools.count()
+        #: None: state writes happen at once; a list: they are queued here (see ``_commit``)
+        self.deferred: list[Callable[[], None]] | None = None
         self._load()
 
     # --- rules ---------------------------------------------------------------------------------
@@ -354,12 +356,22 @@ class AlertEngine:
         if changes:
             # durable before anyone hears of it: a crash after this line re-notifies nothing twice
             # inside the cooldown, and a crash before it loses no acknowledged state
-            self.state.write(changes)
+            self._commit(lambda: self.state.write(changes))
             self._fired_since_trim += len(fired)
             if self._fired_since_trim >= 1_000:
-                self.state.trim("history", HISTORY_KEEP)
+                self._commit(lambda: self.state.trim("history", HISTORY_KEEP))
                 self._fired_since_trim = 0
         return fired
+
+    def _commit(self, write: Callable[[], None]) -> None:
+        """Run a state write now, or — when ``deferred`` is a list — queue it there for the caller,
+        which must run the queued writes in order and announce the events this call returned only
+        after they are done (AlertService does, off its event loop: an fsync per firing batch
+        would stall every request)."""
+        if self.deferred is None:
+            write()
+        else:
+            self.deferred.append(write)
 
     def _resolve(self, now_ns: int) -> list[dict[str, Any]]:
         now_s = now_ns // NS_PER_S
@@ -382,7 +394,7 @@ class AlertEngine:
                              "query": rule.query if rule else None,
                              "started_at": format_timestamp(state.last_fired_ns) if state.last_fired_ns else None})
         if changes:
-            self.state.write(changes)
+            self._commit(lambda: self.state.write(changes))
         return resolved
 
     def _alert(self, rule: Rule, group: str, total: int, now_ns: int) -> dict[str, Any]:

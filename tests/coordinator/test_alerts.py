@@ -291,3 +291,62 @@ def test_history_since_survives_an_imported_alert_with_a_foreign_key(store: Stat
     engine = AlertEngine(store, clock=clock)
     engine.import_history([{"rule": "seed", "key": "alert-1", "triggered_at": "2024-01-01T00:00:00Z"}])
     assert [a["rule"] for a in engine.history(since_ns=T0_NS - S_NS)] == ["seed"]
+
+
+# --- the service: state written off the event loop, events announced after ------------------------
+
+
+def test_service_writes_alert_state_off_the_loop_and_announces_only_after(tmp_path: Path, clock: Clock) -> None:
+    """A firing alert's state write (an fsync) must not stall the event loop, and nobody may hear of
+    the alert before that write is done: with the write held, the loop keeps running and no
+    notifier has the event; once it completes, the notifier has it and so does the history."""
+    import asyncio
+    import threading
+    import types
+
+    from coordinator.alert_service import AlertService
+    from coordinator.metrics import Metrics
+
+    gate = threading.Event()
+    state = StateStore(tmp_path / "state")
+    real_write = state.write
+
+    def held_write(changes: Any) -> None:
+        assert gate.wait(10), "the test never released the write"
+        real_write(changes)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.events: list[dict[str, Any]] = []
+
+        def send(self, event: dict[str, Any]) -> None:
+            self.events.append(event)
+
+        async def close(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        engine = AlertEngine(state, clock=clock)
+        engine.add_rule(rule(threshold=3))
+        state.write = held_write  # type: ignore[method-assign]
+        recorder = Recorder()
+        service = AlertService(engine, types.SimpleNamespace(slots=[], prepare=None), Metrics(), [recorder])
+        service.observe([{"alerts": counts("errors", (clock.second, "", 5))}])
+        ticks = 0
+        for _ in range(10):  # the loop is free while the write is held
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert ticks == 10 and recorder.events == [], "announced before the state was durable"
+        gate.set()
+        await service._written()
+        await asyncio.sleep(0)  # the announcement is a callback on the loop
+        assert [event["rule"] for event in recorder.events] == ["errors"]
+        history = (await service.rpc_history({}))["alerts"]
+        assert [alert["rule"] for alert in history] == ["errors"]
+        await service.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gate.set()
+        state.close()
