@@ -29,7 +29,7 @@ from storage.block import decode_column
 from storage.errors import BadQuery
 from storage.header import MINUTE_NS, BlockHeader
 from storage.levels import severity
-from storage.planner import block_filter, header_answerable, matching_rows, prepare
+from storage.planner import block_filter, field_term, header_answerable, matching_rows, prepare
 from storage.postings import decode_postings, row_range, rows_of
 
 #: a page deeper than this must use the cursor (search_after) instead of an offset
@@ -91,6 +91,75 @@ class Snapshot:
     tail: list[dict[str, Any]]
 
 
+def _postings(txn: lmdb.Transaction, dbs: dict[bytes, Any], cache: LruCache, block_id: int, term: str) -> int | None:
+    """The block's posting bitmap of ``term`` (cached; 0 caches "no posting list"), or None."""
+    cache_key = (block_id, term)
+    bits = cache.get(cache_key)
+    if bits is not None:
+        return bits or None
+    key, _ = layout.posting_key(block_id, term)
+    data = txn.get(key, db=dbs[layout.DB_POSTINGS])
+    bits = 0 if data is None else decode_postings(data)
+    cache.put(cache_key, bits, 64 + len(term) + (bits.bit_length() >> 3))
+    return bits or None
+
+
+#: an AND of exactly posted terms: [(term, header field or None, value)] and its time ranges
+Conjunction = tuple[list[tuple[str, str | None, str | None]], list[q.TimeRange]]
+
+
+def conjunction(node: q.Node) -> Conjunction | None:
+    """The terms of ``node`` when it is an AND of message tokens and level/source/tag values (and
+    time ranges): the common query shape whose per-block count is an AND of posting bitmaps.
+    None for anything else (the general planner answers)."""
+    children = node.children if isinstance(node, q.And) else (node,)
+    terms: list[tuple[str, str | None, str | None]] = []
+    ranges: list[q.TimeRange] = []
+    for child in children:
+        if isinstance(child, q.Token):
+            term = layout.term_token(child.text)
+            if not layout.term_bytes(term)[1]:
+                return None  # hashed (inexact): rows must be verified
+            terms.append((term, None, None))
+        elif isinstance(child, q.Field) and child.name in ("level", "source", "tag"):
+            terms.append((field_term(child.name, child.value), child.name, child.value))
+        elif isinstance(child, q.TimeRange):
+            ranges.append(child)
+        elif not isinstance(child, q.MatchAll):
+            return None
+    return (terms, ranges) if terms else None
+
+
+def conjunction_count(plan: Conjunction, header: BlockHeader, txn: lmdb.Transaction, dbs: dict[bytes, Any],
+                      cache: LruCache) -> int | None:
+    """Matches of the conjunction in one block from header counts and posting bitmaps, without the
+    planner's per-block machinery; None when the block needs it (a time range cutting the block, a
+    token without a posting list here: one row, or a bloom false positive, to verify)."""
+    terms, ranges = plan
+    n = header.count
+    for time_range in ranges:
+        lo, hi = time_range.from_ns, time_range.to_ns
+        if (lo is not None and header.max_ts < lo) or (hi is not None and header.min_ts >= hi):
+            return 0
+        if (lo is not None and header.min_ts < lo) or (hi is not None and header.max_ts >= hi):
+            return None
+    bits = -1  # every row
+    for term, name, value in terms:
+        if name is not None:
+            c = header.field_counts(name).get(value, 0)  # type: ignore[union-attr]  # level/source/tag
+            if c == 0:
+                return 0
+            if c == n:
+                continue
+        posted = _postings(txn, dbs, cache, header.block_id, term)
+        if posted is None:
+            return None
+        bits &= posted
+        if not bits:
+            return 0
+    return n if bits == -1 else bits.bit_count()
+
+
 class View:
     """``storage.planner.BlockView`` over one block inside one read transaction."""
 
@@ -109,15 +178,7 @@ class View:
         self._present = present
 
     def postings(self, term: str) -> int | None:
-        cache_key = (self.header.block_id, term)
-        bits = self._cache.get(cache_key)
-        if bits is not None:
-            return bits or None  # 0 caches "no posting list"
-        key, _ = layout.posting_key(self.header.block_id, term)
-        data = self._txn.get(key, db=self._dbs[layout.DB_POSTINGS])
-        bits = 0 if data is None else decode_postings(data)
-        self._cache.put(cache_key, bits, 64 + len(term) + (bits.bit_length() >> 3))
-        return bits or None
+        return _postings(self._txn, self._dbs, self._cache, self.header.block_id, term)
 
     def may_contain(self, term: str) -> bool:
         if self._bloom is None or term in self._present:
@@ -409,6 +470,7 @@ def run_query(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
     blocks = sorted(candidates, key=(lambda h: -h.max_ts) if desc else (lambda h: h.min_ts))
     node = prepare(node)
     by_header = header_answerable(node)
+    conj = conjunction(node) if want_total else None
     picked: dict[int, tuple[View, list[int]]] = {}
     with env.read() as txn:
         for visited, header in enumerate(blocks):
@@ -420,13 +482,15 @@ def run_query(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
                 break
             if after is not None and (header.min_ts > after[0] if desc else header.max_ts < after[0]):
                 continue
+            if after is None and not can_contribute:  # only counted: the cheapest way that answers
+                c = header_count(node, header) if by_header else None
+                if c is None and conj is not None:
+                    c = conjunction_count(conj, header, txn, dbs, cache)
+                if c is not None:
+                    total += c
+                    continue
             view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
-                if after is None and not can_contribute and by_header:
-                    c = header_count(node, header)
-                    if c is not None:
-                        total += c
-                        continue
                 bits = matching_rows(node, view)
                 if after is not None and bits:
                     bits &= _cursor_rows(view, after, desc)
@@ -463,11 +527,14 @@ def run_count(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node) 
     blocks, present = prefilter(snap, node, hashes)
     node = prepare(node)
     by_header = header_answerable(node)
+    conj = conjunction(node)
     with env.read() as txn:
         for visited, header in enumerate(blocks):
             if visited & _RELEASE_EVERY_MASK == _RELEASE_EVERY_MASK:
                 env.release_over_budget(throttle=False)
             c = header_count(node, header) if by_header else None
+            if c is None and conj is not None:
+                c = conjunction_count(conj, header, txn, dbs, cache)
             if c is not None:
                 total += c
                 continue
