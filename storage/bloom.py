@@ -62,8 +62,15 @@ def bloom_may_contain(bloom: bytes, hashes: tuple[int, int]) -> bool:
     if m_bits == 0 or len(bloom) < 4 + m_bits // 8:
         return True
     h1, h2 = hashes
-    for i in range(PROBES):
-        p = (h1 + i * h2) % m_bits
-        if not bloom[4 + (p >> 3)] & (1 << (p & 7)):
-            return False
-    return True
+    # PROBES == 4, unrolled: a query asks this for every block it may skip
+    p = h1 % m_bits
+    if not bloom[4 + (p >> 3)] & (1 << (p & 7)):
+        return False
+    p = (h1 + h2) % m_bits
+    if not bloom[4 + (p >> 3)] & (1 << (p & 7)):
+        return False
+    p = (h1 + 2 * h2) % m_bits
+    if not bloom[4 + (p >> 3)] & (1 << (p & 7)):
+        return False
+    p = (h1 + 3 * h2) % m_bits
+    return bool(bloom[4 + (p >> 3)] & (1 << (p & 7)))
