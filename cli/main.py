@@ -12,11 +12,14 @@ inside the command, so the query commands never load the daemon (or LMDB).
 
 from __future__ import annotations
 
+import queue
 import shutil
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 import click
@@ -24,6 +27,7 @@ import click
 from cli import render
 from cli.connect import CliError, Connection, connect
 from coordinator.api import call_retrying, read_alerts_jsonl
+from shardd.client import Client
 from storage.errors import ShardlogError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -225,30 +229,76 @@ def ingest(socket_path: str | None, data_dir: str | None, file: str, fmt: str, a
                        f"{first.get('line')}: {first.get('reason')}); fix those lines and ingest them again")
 
 
+#: chunks `shardlog ingest` keeps in flight: the coordinator normalizes one while the shards
+#: commit another (one at a time left each side idle half the time)
+INGEST_IN_FLIGHT = 3
+
+
 def _ingest_stream(conn: Connection, stream: IO[bytes], fmt: str,
                    batch_lines: int) -> tuple[int, list[dict[str, Any]], float]:
-    """Send the stream chunk by chunk.  Each chunk has its own idempotency key (run id + chunk
-    number), so the retries of ``call_retrying`` after a daemon hiccup never store a line twice."""
+    """Send the stream chunk by chunk, up to INGEST_IN_FLIGHT at once (each on its own connection).
+    Each chunk has its own idempotency key (run id + chunk number), so the retries of
+    ``call_retrying`` after a daemon hiccup never store a line twice.  After a chunk fails no new
+    one is sent; the error names exactly which lines were not stored."""
     run_id = uuid.uuid4().hex
     accepted = 0
     rejected: list[dict[str, Any]] = []
+    failed: list[tuple[int, int, ShardlogError]] = []  # (first line, last line, error)
     progress = _Progress(_input_size(stream))
     started = time.perf_counter()
+    idle: queue.SimpleQueue[Client] = queue.SimpleQueue()
+    idle.put(conn.client)
+    extra: list[Client] = []
+
+    def send(args: dict[str, Any]) -> Any:
+        try:
+            client = idle.get_nowait()
+        except queue.Empty:
+            client = Client(conn.client.path, timeout_s=conn.client.timeout_s)
+            extra.append(client)
+        try:
+            return call_retrying(client, "ingest_lines", args)
+        finally:
+            idle.put(client)
+
+    def collect(item: tuple[Future[Any], int, int, int]) -> None:
+        nonlocal accepted
+        future, first_line, n_lines, raw_bytes = item
+        try:
+            result = future.result()
+        except ShardlogError as err:
+            failed.append((first_line, first_line + n_lines - 1, err))
+            return
+        accepted += int(result.get("accepted", 0))
+        rejected.extend(result.get("rejected", []))  # chunks are collected in order: lines stay sorted
+        progress.advance(n_lines, raw_bytes)
+
+    next_line = None  # the first line never sent, once a failure stopped sending
     try:
-        for chunk_no, (first_line, lines, raw_bytes) in enumerate(read_chunks(stream, batch_lines=batch_lines,
-                                                                            keep_traces=fmt != "jsonl")):
-            args = {"lines": lines, "format": fmt, "first_line": first_line,
-                    "idempotency_key": f"cli-{run_id}-{chunk_no}"}
-            try:
-                result = call_retrying(conn.client, "ingest_lines", args)
-            except ShardlogError as err:
-                done = f"{accepted} records before line {first_line} were stored"
-                raise type(conn.cli_error(err))(f"{err.message} ({done})") from None
-            accepted += int(result.get("accepted", 0))
-            rejected.extend(result.get("rejected", []))
-            progress.advance(len(lines), raw_bytes)
+        with ThreadPoolExecutor(max_workers=INGEST_IN_FLIGHT, thread_name_prefix="ingest") as pool:
+            pending: deque[tuple[Future[Any], int, int, int]] = deque()
+            for chunk_no, (first_line, lines, raw_bytes) in enumerate(read_chunks(stream, batch_lines=batch_lines,
+                                                                                keep_traces=fmt != "jsonl")):
+                if failed:
+                    next_line = first_line
+                    break
+                args = {"lines": lines, "format": fmt, "first_line": first_line,
+                        "idempotency_key": f"cli-{run_id}-{chunk_no}"}
+                pending.append((pool.submit(send, args), first_line, len(lines), raw_bytes))
+                while len(pending) >= INGEST_IN_FLIGHT or (pending and pending[0][0].done()):
+                    collect(pending.popleft())
+            while pending:
+                collect(pending.popleft())
     finally:
         progress.close()
+        for client in extra:
+            client.close()
+    if failed:
+        err = failed[0][2]
+        lost = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b, _ in failed)
+        rest = f"; lines from {next_line} on were not sent" if next_line is not None else ""
+        raise type(conn.cli_error(err))(f"{err.message} ({accepted} records were stored; lines {lost} were not"
+                                        f"{rest}; send those lines again)") from None
     return accepted, rejected, time.perf_counter() - started
 
 

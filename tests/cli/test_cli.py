@@ -116,6 +116,41 @@ def test_ingest_numbers_lines_across_batches(daemon: DaemonProcess, tmp_path: Pa
     assert query_json(daemon, "--source", source)["total"] == 5
 
 
+def test_ingest_keeps_chunks_in_flight_and_a_failed_chunk_names_the_lines_not_stored(
+        daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks travel several at a time; when one fails for good, no new chunk is sent, the error says
+    which lines were not stored, and exactly the others are in the daemon."""
+    import cli.main as cli_main
+    from storage.errors import BadRequest
+
+    source = unique_source()
+    path = write_jsonl(tmp_path / "chunks.jsonl", records_for(source, 40))
+    real_call = cli_main.call_retrying
+
+    def failing_call(client: Any, op: str, args: dict[str, Any], **kwargs: Any) -> Any:
+        if args.get("first_line") == 9:  # the third chunk of 4 lines: lines 9-12
+            raise BadRequest("this chunk is refused by the test")
+        return real_call(client, op, args, **kwargs)
+
+    monkeypatch.setattr(cli_main, "call_retrying", failing_call)
+    result = run(daemon, "ingest", str(path), "--format", "jsonl", "--batch", "4")
+    assert result.exit_code == 1, result.output
+    message = result.output
+    assert "this chunk is refused by the test" in message and "lines 9-12 were not" in message, message
+    stored = query_json(daemon, "--source", source, "--limit", "100")
+    lines = {int(log["message"].split()[-1]) + 1 for log in stored["logs"]}  # "event i" is line i + 1
+    assert f"{len(lines)} records were stored" in message, message
+    chunks = {(line - 1) // 4 for line in lines}
+    # lines 1-8 went before the failure was known; chunks after it stored only if already in flight,
+    # and each of them whole
+    assert {0, 1} <= chunks and 2 not in chunks, sorted(lines)
+    assert lines == {line for chunk in chunks for line in range(4 * chunk + 1, 4 * chunk + 5)}, sorted(lines)
+    assert max(chunks) <= 2 + cli_main.INGEST_IN_FLIGHT - 1, sorted(lines)
+    last_sent = max(chunks | {2})
+    if last_sent < 9:
+        assert f"lines from {4 * (last_sent + 1) + 1} on were not sent" in message, message
+
+
 def test_ingest_text_from_stdin_keeps_each_line_as_a_message(daemon: DaemonProcess) -> None:
     marker = uuid.uuid4().hex
     text = f"first {marker}\nsecond {marker} {{not json}}\n"
