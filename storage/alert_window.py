@@ -9,6 +9,7 @@ broken clock must not arm an alert for later).  Pure; the caller supplies ``now`
 from __future__ import annotations
 
 import heapq
+from typing import Iterable
 
 
 class WindowCounts:
@@ -28,19 +29,9 @@ class WindowCounts:
     def add(self, second: int, n: int, now_s: int) -> bool:
         """Count ``n`` matches in ``second``; False (and nothing kept) when that second is outside
         ``(now - window, now + future_s]``."""
-        if second <= now_s - self.window_s or second > now_s + self.future_s:
-            return False
-        if second in self._counts:
-            self._counts[second] += n
-        else:
-            self._counts[second] = n
-            heapq.heappush(self._seconds, second)
-            if self._newest is None or second > self._newest:
-                self._newest = second
-        self._sum += n
-        return True
+        return self.add_many(((second, n),), now_s)
 
-    def add_many(self, entries: "list[tuple[int, int]]", now_s: int) -> bool:
+    def add_many(self, entries: "Iterable[tuple[int, int]]", now_s: int) -> bool:
         """``add`` for many (second, n) pairs (one ingest ack brings one per second of its batch);
         True when any was kept."""
         low, high = now_s - self.window_s, now_s + self.future_s

@@ -110,6 +110,16 @@ class BlockHeader:
         return {"block_id": self.block_id, "min_ts": self.min_ts, "max_ts": self.max_ts, "count": self.count}
 
 
+def _add_counts(target: dict[Any, int], counts: dict[Any, int], sign: int) -> None:
+    """``target += sign * counts`` per key; keys that reach 0 are removed."""
+    for key, n in counts.items():
+        left = target.get(key, 0) + sign * n
+        if left:
+            target[key] = left
+        else:
+            target.pop(key, None)
+
+
 class HeaderTotals:
     """Header counts summed over a set of blocks: ``add`` when a block is sealed, ``remove`` when
     retention drops it.  Not thread-safe: the store guards it with its state lock."""
@@ -128,27 +138,15 @@ class HeaderTotals:
 
     def add(self, header: BlockHeader, sign: int = 1) -> None:
         self.count += sign * header.count
-        for target, counts in ((self.levels, header.levels), (self.sources, header.sources),
-                               (self.tags, header.tags)):
-            for value, n in counts.items():
-                left = target.get(value, 0) + sign * n
-                if left:
-                    target[value] = left
-                else:
-                    target.pop(value, None)
+        _add_counts(self.levels, header.levels, sign)
+        _add_counts(self.sources, header.sources, sign)
+        _add_counts(self.tags, header.tags, sign)
         if header.minutes is None:
             self.without_minutes += sign
             return
         for minute, level_counts in header.minutes.items():
-            target = self.minutes.get(minute)
-            if target is None:
-                target = self.minutes[minute] = {}
-            for level, n in level_counts.items():
-                left = target.get(level, 0) + sign * n
-                if left:
-                    target[level] = left
-                else:
-                    target.pop(level, None)
+            target = self.minutes.setdefault(minute, {})
+            _add_counts(target, level_counts, sign)
             if not target:
                 del self.minutes[minute]
 

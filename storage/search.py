@@ -160,6 +160,16 @@ def conjunction_count(plan: Conjunction, header: BlockHeader, txn: lmdb.Transact
     return n if bits == -1 else bits.bit_count()
 
 
+def _cheap_count(node: q.Node, header: BlockHeader, by_header: bool, conj: Conjunction | None,
+                 txn: lmdb.Transaction, dbs: dict[bytes, Any], cache: LruCache) -> int | None:
+    """A block's matches the cheap way (header counts, else an AND of posting bitmaps), or None
+    when only the planner can tell."""
+    c = header_count(node, header) if by_header else None
+    if c is None and conj is not None:
+        c = conjunction_count(conj, header, txn, dbs, cache)
+    return c
+
+
 class View:
     """``storage.planner.BlockView`` over one block inside one read transaction."""
 
@@ -313,45 +323,54 @@ def header_levels(node: q.Node, header: BlockHeader) -> set[str] | None:
     in L; None when the header cannot tell (message terms, a time bound inside the block, a
     source or tag some but not all records have).  With the header's per-minute level counts this
     answers time histograms without reading the block."""
-    if isinstance(node, q.MatchAll):
-        return set(header.levels)
-    if isinstance(node, q.Field):
-        if node.name == "level":
-            return {node.value} & header.levels.keys()
-        counts = header.field_counts(node.name)
-        if counts is None:
+    everything = set(header.levels)
+
+    def leaf(node: q.Node) -> set[str] | None:
+        if isinstance(node, q.Field):  # source or tag: all of the block's records, or none
+            counts = header.field_counts(node.name)
+            c = None if counts is None else counts.get(node.value, 0)
+        elif isinstance(node, q.TimeRange):
+            c = header_count(node, header)
+        else:
             return None
-        c = counts.get(node.value, 0)
-        return set() if c == 0 else set(header.levels) if c == header.count else None
+        return None if c is None else set() if c == 0 else everything if c == header.count else None
+
+    return _level_set(node, everything, leaf)
+
+
+def _level_set(node: q.Node, known: set[str], leaf: Any) -> set[str] | None:
+    """The subset of ``known`` levels whose records ``node`` matches exactly, through AND / OR / NOT
+    of level and severity filters; ``leaf`` answers any other node (a set, or None: "cannot tell")."""
+    if isinstance(node, q.MatchAll):
+        return set(known)
+    if isinstance(node, q.Field) and node.name == "level":
+        return {node.value} & known
     if isinstance(node, q.MinSeverity):
-        return {level for level in header.levels if severity(level) >= node.score}
-    if isinstance(node, q.TimeRange):
-        c = header_count(node, header)
-        return None if c is None else set() if c == 0 else set(header.levels)
+        return {level for level in known if severity(level) >= node.score}
     if isinstance(node, q.And):
-        out: set[str] | None = set(header.levels)
+        out = set(known)
         unknown = False
         for child in node.children:
-            part = header_levels(child, header)
+            part = _level_set(child, known, leaf)
             if part is None:
                 unknown = True
             elif not part:
-                return part  # one child matches nothing here
-            elif out is not None:
+                return part  # one child matches nothing
+            else:
                 out &= part
         return None if unknown else out
     if isinstance(node, q.Or):
         out = set()
         for child in node.children:
-            part = header_levels(child, header)
+            part = _level_set(child, known, leaf)
             if part is None:
                 return None
             out |= part
         return out
     if isinstance(node, q.Not):
-        inner = header_levels(node.child, header)
-        return None if inner is None else set(header.levels) - inner
-    return None
+        inner = _level_set(node.child, known, leaf)
+        return None if inner is None else known - inner
+    return leaf(node)
 
 
 def level_window(node: q.Node, known_levels: Any) -> tuple[set[str], int | None, int | None] | None:
@@ -371,35 +390,11 @@ def level_window(node: q.Node, known_levels: Any) -> tuple[set[str], int | None,
             if child.to_ns is not None:
                 hi = child.to_ns if hi is None else min(hi, child.to_ns)
             continue
-        part = _global_levels(child, known)
+        part = _level_set(child, known, lambda _: None)  # only level filters are the same in every block
         if part is None:
             return None
         levels = levels & part
     return levels, lo, hi
-
-
-def _global_levels(node: q.Node, known: set[str]) -> set[str] | None:
-    if isinstance(node, q.MatchAll):
-        return known
-    if isinstance(node, q.Field) and node.name == "level":
-        return {node.value} & known
-    if isinstance(node, q.MinSeverity):
-        return {level for level in known if severity(level) >= node.score}
-    if isinstance(node, (q.And, q.Or)):
-        parts = [_global_levels(child, known) for child in node.children]
-        if any(part is None for part in parts):
-            return None
-        out = set(known) if isinstance(node, q.And) else set()
-        for part in parts:
-            if isinstance(node, q.And):
-                out &= part  # type: ignore[operator]  # None excluded above
-            else:
-                out |= part  # type: ignore[operator]
-        return out
-    if isinstance(node, q.Not):
-        inner = _global_levels(node.child, known)
-        return None if inner is None else known - inner
-    return None
 
 
 # --- row queries --------------------------------------------------------------------------------
@@ -482,10 +477,8 @@ def run_query(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
                 break
             if after is not None and (header.min_ts > after[0] if desc else header.max_ts < after[0]):
                 continue
-            if after is None and not can_contribute:  # only counted: the cheapest way that answers
-                c = header_count(node, header) if by_header else None
-                if c is None and conj is not None:
-                    c = conjunction_count(conj, header, txn, dbs, cache)
+            if after is None and not can_contribute:  # only counted
+                c = _cheap_count(node, header, by_header, conj, txn, dbs, cache)
                 if c is not None:
                     total += c
                     continue
@@ -532,9 +525,7 @@ def run_count(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node) 
         for visited, header in enumerate(blocks):
             if visited & _RELEASE_EVERY_MASK == _RELEASE_EVERY_MASK:
                 env.release_over_budget(throttle=False)
-            c = header_count(node, header) if by_header else None
-            if c is None and conj is not None:
-                c = conjunction_count(conj, header, txn, dbs, cache)
+            c = _cheap_count(node, header, by_header, conj, txn, dbs, cache)
             if c is not None:
                 total += c
                 continue
