@@ -197,19 +197,23 @@ class Env:
                 # still inside the shared gate, so the map cannot be remapped (grow) meanwhile
                 self.release_over_budget()
 
-    def release_over_budget(self, throttle: bool = True) -> None:
-        """``release_pages()`` when this process's file-backed RSS is over ``max_mapped_bytes``
-        (checked at most every BUDGET_CHECK_INTERVAL_S unless ``throttle`` is False, which long
-        scans use every so many blocks).  The caller must keep ``grow()`` out: hold the readers
-        gate (shared, as inside ``read()``) or the store's write lock."""
+    def over_budget(self, throttle: bool = True) -> bool:
+        """Whether this process's file-backed RSS is over ``max_mapped_bytes`` (read from /proc at
+        most every BUDGET_CHECK_INTERVAL_S unless ``throttle`` is False, which long scans use
+        every so many blocks; between reads the answer is False)."""
         if not self.max_mapped_bytes:
-            return
+            return False
         now = time.monotonic()
         if throttle and now - self._budget_checked_at < self.BUDGET_CHECK_INTERVAL_S:
-            return
+            return False
         self._budget_checked_at = now
         mapped = file_backed_rss()
-        if mapped is not None and mapped > self.max_mapped_bytes:
+        return mapped is not None and mapped > self.max_mapped_bytes
+
+    def release_over_budget(self, throttle: bool = True) -> None:
+        """``release_pages()`` when ``over_budget(throttle)``.  The caller must keep ``grow()`` out:
+        hold the readers gate (shared, as inside ``read()``) or the store's write lock."""
+        if self.over_budget(throttle):
             self.release_pages()
 
     def grow(self) -> None:

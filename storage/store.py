@@ -393,9 +393,10 @@ class Store:
                     log.exception("store %s: housekeeping failed", self.path)
 
     def _maybe_release_pages(self) -> None:
-        if self.config.max_mapped_bytes:
+        # the write lock only when releasing: waiting for it means waiting for a commit's fsync
+        if self._env.over_budget():
             with self._write_lock:  # no map growth (a remap) meanwhile
-                self._env.release_over_budget()
+                self._env.release_pages()
 
     def _write(self, fill: Callable[[lmdb.Transaction], Any]) -> Any:
         """One write transaction; on MapFullError abort, grow the map and retry the whole thing."""
