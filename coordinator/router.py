@@ -38,3 +38,29 @@ def route(records: Sequence[dict[str, Any]], n_shards: int, idempotency_key: str
         for record in records:
             out[shard_for_record(record, n_shards)].append(record)
     return out
+
+
+def route_lines(lines: Sequence[Any], n_shards: int, first_line: int = 1,
+                ) -> tuple[list[tuple[list[bytes], list[int]]], int] | None:
+    """Split the lines of a JSON-lines request into one (lines, line numbers) pair per shard, unparsed:
+    each line stripped, blank lines left out (they are not records), keyed by the crc32 of its bytes —
+    stable for a retried request, and one dominant source still spreads.  Also returns the number of
+    lines routed.  A ``str`` line is sent as its UTF-8 bytes (a lone surrogate stays invalid UTF-8 and
+    is rejected as not JSON).  None when a line is neither bytes nor str: the general path words that."""
+    out: list[tuple[list[bytes], list[int]]] = [([], []) for _ in range(n_shards)]
+    crc32 = zlib.crc32
+    routed = 0
+    for index, line in enumerate(lines):
+        if type(line) is not bytes:
+            if not isinstance(line, (bytes, str)):
+                return None
+            # str is stripped as str (as the general path does: Unicode whitespace too), then encoded
+            line = line.strip().encode("utf-8", "surrogatepass") if isinstance(line, str) else bytes(line)
+        line = line.strip()
+        if not line:
+            continue
+        part = out[crc32(line) % n_shards]
+        part[0].append(line)
+        part[1].append(first_line + index)
+        routed += 1
+    return out, routed

@@ -2,6 +2,8 @@
 
 Ingest: parse -> normalize + validate (storage.record) -> stamp ids -> route by stable hash
 (coordinator.router) -> one frame per shard, concurrently -> acknowledge after every shard committed.
+JSON lines skip the first three steps here: they are routed unparsed and each shard parses its share
+(``_ingest_routed``, storage.jsonlines), which spreads the costliest step of ingest over the cores.
 Each per-shard frame carries an idempotency key — the client's key plus the shard number, or a
 coordinator-made one — so when a shard dies mid-request the coordinator waits for its restart and
 resends the same frame, and the shard stores it at most once.  In-flight records are bounded; past the
@@ -33,12 +35,13 @@ from coordinator.config import Config
 from coordinator.hooks import HookRunner
 from coordinator.metrics import Metrics
 from coordinator.request import encode_cursor, parse_aggregate, parse_filter, parse_search
-from coordinator.router import route
+from coordinator.router import route, route_lines
 from coordinator.supervisor import Supervisor
 from coordinator.textlog import TextParser, TextRecord
 from storage import aggregate as agg
 from storage import query as q
 from storage import querywire
+from storage.jsonlines import json_error, limits_to_wire
 from storage.errors import (BadQuery, BadRecord, BadRequest, Overloaded, ShardlogError, ShardUnavailable)
 from storage.record import normalize_record, to_public
 from storage.timefmt import format_timestamp
@@ -94,6 +97,7 @@ class Service:
         #: daemon-side pre-ingest hooks from the config (imported once, here)
         self.hooks = HookRunner(config.hooks, errors=metrics.hook_errors, dropped=metrics.hook_dropped,
                                 limits=config.limits)
+        self._limits_wire = limits_to_wire(config.limits)
         self._rpc: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.ping, "ingest": self._rpc_ingest, "ingest_lines": self._rpc_ingest_lines,
             "query": self.query, "count": self.count, "aggregate": self.aggregate, "tail": self.tail,
@@ -145,6 +149,13 @@ class Service:
                 self.metrics.rejected.labels(self.metrics.reason_label(exc.message)).inc()
         return records, rejected
 
+    def _check_request(self, n: int, idempotency_key: Any) -> None:
+        if n > self.config.max_batch_records:
+            raise BadRequest(f"batch has {n} records; the limit is {self.config.max_batch_records} "
+                             "(max_batch_records); send smaller batches")
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or len(idempotency_key) > 1024):
+            raise BadRequest("idempotency key must be a string of at most 1024 characters")
+
     async def ingest(self, raws: list[Any], *, idempotency_key: str | None = None, first_line: int = 1,
                      line_numbers: list[int] | None = None, pre_rejected: list[dict[str, Any]] | None = None,
                      ) -> dict[str, Any]:
@@ -155,38 +166,73 @@ class Service:
         as well passes its only reference (see ``ingest_lines``)."""
         if not isinstance(raws, list):
             raise BadRequest(f"records must be a list of objects, got {type(raws).__name__}")
-        if len(raws) > self.config.max_batch_records:
-            raise BadRequest(f"batch has {len(raws)} records; the limit is {self.config.max_batch_records} "
-                             "(max_batch_records); send smaller batches")
-        if idempotency_key is not None and (not isinstance(idempotency_key, str) or len(idempotency_key) > 1024):
-            raise BadRequest("idempotency key must be a string of at most 1024 characters")
+        self._check_request(len(raws), idempotency_key)
         started = time.perf_counter()
         n = len(raws)
         await self._admit(n)
         try:
             batch = self._prepare(raws, first_line, line_numbers, pre_rejected, idempotency_key)
             del raws, line_numbers, pre_rejected
-            key = idempotency_key if idempotency_key is not None else "auto:" + uuid.uuid4().hex
-            results = await asyncio.gather(*(self._ingest_shard(i, packed, f"{key}#{i}") for i, packed in batch.frames),
-                                           return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    self.metrics.requests.labels("ingest", "error").inc()
-                    raise result
-            if self.alerts is not None:
-                try:
-                    self.alerts.observe(results)
-                except Exception:  # the batch is durable already: alerting trouble must not fail it
-                    log.exception("alert evaluation failed for an ingested batch")
+            await self._store([(i, "ingest", {"records_packed": packed}) for i, packed in batch.frames],
+                              idempotency_key)
         finally:
             await self._release(n)
-        self.metrics.ingested.inc(batch.accepted)
-        self.metrics.requests.labels("ingest", "ok").inc()
-        self.metrics.ingest_latency.observe(time.perf_counter() - started)
+        self._ingested(batch.accepted, started)
         await self._publish(batch.records)
         # records a hook dropped are neither stored nor rejected: reported apart, only when there are any
         return {"accepted": batch.accepted, "rejected": batch.rejected,
                 **({"dropped": batch.dropped} if batch.dropped else {})}
+
+    async def _ingest_routed(self, parts: list[tuple[list[bytes], list[int]]], n_routed: int, n_lines: int,
+                             first_line: int, idempotency_key: str | None) -> dict[str, Any]:
+        """JSON lines routed unparsed: each shard parses, validates and normalizes its share
+        (storage.jsonlines, the same code and wording as ``parse_lines`` + ``normalize``) and answers
+        with its rejections.  Spreads the parsing over the shard processes instead of doing it all in
+        the coordinator's one loop — the largest part of ingest CPU before storing."""
+        self._check_request(n_routed, idempotency_key)
+        started = time.perf_counter()
+        await self._admit(n_routed)
+        try:
+            ids = self._ids(n_lines)
+            follow = self._followed()
+            common = {"id_base": ids.start - first_line, "now_ns": time.time_ns(), "limits": self._limits_wire,
+                      **({"return_records": True} if follow else {})}
+            results = await self._store([(i, "ingest_lines", {"lines": lines, "numbers": numbers, **common})
+                                         for i, (lines, numbers) in enumerate(parts) if lines], idempotency_key)
+        finally:
+            await self._release(n_routed)
+        accepted = sum(result.get("accepted", 0) for result in results)
+        rejected = sorted((item for result in results for item in result.get("rejected", ())),
+                          key=lambda item: item["line"])
+        for item in rejected:
+            self.metrics.rejected.labels(self.metrics.reason_label(item["reason"])).inc()
+        self._ingested(accepted, started)
+        records = sorted((r for result in results for r in result.get("records", ())), key=lambda r: r["id"]) \
+            if follow else []
+        await self._publish(records)
+        return {"accepted": accepted, "rejected": rejected}
+
+    async def _store(self, frames: list[tuple[int, str, dict[str, Any]]], idempotency_key: str | None) -> list[Any]:
+        """Send each shard its frame (``(shard, op, args)``) concurrently, each keyed by the request's key
+        plus the shard number; the shards' answers once all of them committed; then alerting."""
+        key = idempotency_key if idempotency_key is not None else "auto:" + uuid.uuid4().hex
+        results = await asyncio.gather(*(self._ingest_shard(i, op, {**args, "idempotency_key": f"{key}#{i}"})
+                                         for i, op, args in frames), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                self.metrics.requests.labels("ingest", "error").inc()
+                raise result
+        if self.alerts is not None:
+            try:
+                self.alerts.observe(results)
+            except Exception:  # the batch is durable already: alerting trouble must not fail it
+                log.exception("alert evaluation failed for an ingested batch")
+        return results
+
+    def _ingested(self, accepted: int, started: float) -> None:
+        self.metrics.ingested.inc(accepted)
+        self.metrics.requests.labels("ingest", "ok").inc()
+        self.metrics.ingest_latency.observe(time.perf_counter() - started)
 
     def _prepare(self, raws: list[Any], first_line: int, line_numbers: list[int] | None,
                  pre_rejected: list[dict[str, Any]] | None, idempotency_key: str | None) -> _Batch:
@@ -204,11 +250,10 @@ class Service:
                   for i, part in enumerate(route(records, self.n_shards, idempotency_key)) if part]
         return _Batch(len(records), rejected, dropped, frames, records if self._followed() else [])
 
-    async def _ingest_shard(self, shard_id: int, packed: bytes, key: str) -> Any:
+    async def _ingest_shard(self, shard_id: int, op: str, args: dict[str, Any]) -> Any:
         """Send one shard its part; if the shard dies meanwhile, wait for its restart and resend the same
         keyed frame (the shard stores it at most once) until the ingest deadline."""
         deadline = time.monotonic() + self.config.ingest_timeout_s
-        args = {"records_packed": packed, "idempotency_key": key}
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -216,7 +261,7 @@ class Service:
                 self._shard_inflight[shard_id] += 1
                 self.metrics.shard_queue.labels(str(shard_id)).set(self._shard_inflight[shard_id])
                 try:
-                    return await client.call("ingest", args, timeout_s=max(0.1, remaining))
+                    return await client.call(op, args, timeout_s=max(0.1, remaining))
                 finally:
                     self._shard_inflight[shard_id] -= 1
                     self.metrics.shard_queue.labels(str(shard_id)).set(self._shard_inflight[shard_id])
@@ -268,7 +313,7 @@ class Service:
                 try:
                     raws.append(loads(stripped))
                 except orjson.JSONDecodeError as exc:
-                    rejected.append({"line": number, "reason": f"not valid JSON: {exc}; send one JSON object per line"})
+                    rejected.append({"line": number, "reason": json_error(exc)})
                     self.metrics.rejected.labels("json").inc()
                     continue
                 numbers.append(number)
@@ -283,6 +328,14 @@ class Service:
                            flush_text: bool = True) -> dict[str, Any]:
         if not isinstance(lines, list):
             raise BadRequest(f"lines must be a list of strings, got {type(lines).__name__}")
+        if fmt == "jsonl" and not self.hooks.active:
+            # the path a request takes depends only on it and the config (never on followers), so
+            # a retry with the same idempotency key is routed exactly as the first attempt was
+            routed = route_lines(lines, self.n_shards, first_line)
+            if routed is not None:
+                n_lines = len(lines)
+                del lines
+                return await self._ingest_routed(*routed, n_lines, first_line, idempotency_key)
         raws, numbers, rejected = self.parse_lines(lines, fmt, first_line, text_parser=text_parser,
                                                    flush_text=flush_text)
         # hand the only references over: the lines and raw records are freed as soon as they are

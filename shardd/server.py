@@ -6,6 +6,11 @@ Operations (args -> result):
     ping        {}                                         -> {"shard_id", "pid"}
     ingest      {"records": [...] | "records_packed": msgpack bytes of that list, "idempotency_key": s?}
                                                            -> {"accepted": n, "duplicate": bool}
+    ingest_lines {"lines": [JSON text], "numbers": [line number], "id_base", "now_ns", "limits",
+                  "idempotency_key": s?, "return_records": bool?}
+                                                           -> {"accepted", "duplicate", "rejected"?: [{"line",
+                                                               "reason"}], "records"?: [...]}
+                 (JSON lines parsed and normalized here, storage.jsonlines; record id = id_base + number)
     query       {"filter": wire, "sort", "offset", "limit", "after": [ts, id]?, "want_total"}
                                                            -> {"rows": [...], "total": n | None}
     count       {"filter": wire}                           -> {"count": n}
@@ -45,6 +50,7 @@ from storage import querywire
 from storage.aggregate import AggSpec
 from storage.errors import BadRequest, ShardlogError
 from storage.gctune import tune_gc
+from storage.jsonlines import limits_from_wire, normalize_lines
 from storage.rule_match import RuleSet, RuleSpec
 from storage.store import Store, StoreConfig, check_records
 
@@ -90,15 +96,22 @@ class ShardServer:
                 records = check_records(protocol.unpack(packed))
             else:
                 records = check_records(args.get("records"))
-            key = args.get("idempotency_key")
-            if key is not None and not isinstance(key, str):
-                raise BadRequest(f"idempotency_key must be a string, got {type(key).__name__}")
-            future = self.store.submit(records, key, packed=packed)
-            # count alert-rule matches while the writer commits; they ride back on the ack
-            counts = self.rules.count(records) if len(self.rules) else {}
-            result = await asyncio.wrap_future(future)
-            if counts and not result.get("duplicate"):
-                result = dict(result, alerts=counts)
+            return await self._store(records, args, packed)
+        if op == "ingest_lines":
+            lines, numbers = args.get("lines"), args.get("numbers")
+            if not isinstance(lines, list) or not isinstance(numbers, list) \
+                    or not all(type(number) is int for number in numbers):
+                raise BadRequest("ingest_lines needs lines (a list of JSON texts) and numbers (their line numbers, "
+                                 "integers)")
+            id_base = _int_arg(args, "id_base", 0, -(1 << 63), (1 << 63) - 1)
+            now_ns = _int_arg(args, "now_ns", 0, -(1 << 63), (1 << 63) - 1)
+            records, rejected = normalize_lines(lines, numbers, id_base=id_base, now_ns=now_ns,
+                                                limits=limits_from_wire(args.get("limits", {})))
+            result = await self._store(records, args, None)  # the writer packs them for the WAL
+            if rejected:
+                result = dict(result, rejected=rejected)
+            if args.get("return_records"):  # someone follows new records (tail -f) at the coordinator
+                result = dict(result, records=records)
             return result
         if op == "query":
             node = querywire.from_wire(args.get("filter", ["all"]))
@@ -145,8 +158,21 @@ class ShardServer:
         if op == "shutdown":
             loop.call_soon(self.stopping.set)
             return {}
-        raise BadRequest(f"unknown operation {op!r}; expected one of ping, ingest, query, count, aggregate, "
-                         "stats, retention, flush, set_rules, rule_counts, shutdown")
+        raise BadRequest(f"unknown operation {op!r}; expected one of ping, ingest, ingest_lines, query, count, "
+                         "aggregate, stats, retention, flush, set_rules, rule_counts, shutdown")
+
+    async def _store(self, records: list[dict[str, Any]], args: dict[str, Any], packed: bytes | None) -> dict[str, Any]:
+        """Store checked records durably; the ack carries the alert-rule matches of the batch."""
+        key = args.get("idempotency_key")
+        if key is not None and not isinstance(key, str):
+            raise BadRequest(f"idempotency_key must be a string, got {type(key).__name__}")
+        future = self.store.submit(records, key, packed=packed)
+        # count alert-rule matches while the writer commits; they ride back on the ack
+        counts = self.rules.count(records) if len(self.rules) else {}
+        result = await asyncio.wrap_future(future)
+        if counts and not result.get("duplicate"):
+            result = dict(result, alerts=counts)
+        return result
 
     def _rule_counts(self, spec: RuleSpec, from_ns: int, to_ns: int) -> dict[str, Any]:
         """Per-second counts of one rule over stored records in [from_ns, to_ns) (rebuilding the

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from collections import Counter
 
-from coordinator.router import route, shard_for_record
+from coordinator.router import route, route_lines, shard_for_record
 
 
 def _records(n: int) -> list[dict]:
@@ -44,3 +44,40 @@ def test_keyed_requests_route_by_position() -> None:
 def test_single_shard_keeps_order() -> None:
     records = _records(10)
     assert route(records, 1) == [records]
+
+
+# --- JSON lines routed unparsed ------------------------------------------------------------------------
+
+
+def _lines(n: int) -> list[bytes]:
+    return [b'{"source": "api", "message": "GET /x/%d 200"}' % i for i in range(n)]
+
+
+def test_route_lines_spreads_one_source_and_keeps_line_numbers_and_order() -> None:
+    (parts, routed) = route_lines(_lines(30_000), 3, first_line=11)
+    assert routed == 30_000
+    assert min(len(lines) for lines, _ in parts) > 9_000  # within 10 % of even
+    for lines, numbers in parts:
+        assert numbers == sorted(numbers)
+        assert all(line == _lines(30_000)[number - 11] for line, number in zip(lines[:50], numbers[:50]))
+    assert sorted(n for _, numbers in parts for n in numbers) == list(range(11, 30_011))
+
+
+def test_route_lines_is_stable_so_a_retry_routes_every_line_alike() -> None:
+    assert route_lines(_lines(500), 4) == route_lines(_lines(500), 4)
+
+
+def test_route_lines_strips_and_leaves_out_blank_lines_but_counts_them_in_numbers() -> None:
+    lines = [b"  {\"message\": \"a\"}\r", b"", b"   ", "\u3000{\"message\": \"b\"}\u3000", b"\t{}"]
+    (parts, routed) = route_lines(lines, 1)
+    assert routed == 3
+    assert parts == [([b'{"message": "a"}', '{"message": "b"}'.encode(), b"{}"], [1, 4, 5])]
+
+
+def test_route_lines_sends_a_str_with_a_lone_surrogate_as_bytes_json_will_reject() -> None:
+    (parts, _) = route_lines(["{\"message\": \"\ud800\"}"], 1)
+    assert parts[0][0] == ["{\"message\": \"\ud800\"}".encode("utf-8", "surrogatepass")]
+
+
+def test_route_lines_declines_lines_that_are_not_text() -> None:
+    assert route_lines([b"{}", 42], 2) is None

@@ -157,6 +157,21 @@ def test_a_retried_insert_with_the_same_idempotency_key_is_stored_once(http: Htt
     assert http.ok("GET", "/api/v1/count", params={"q": f"source:{source}"})["count"] == 45
 
 
+def test_a_follower_gets_the_lines_the_shards_parsed_in_line_order(served: tuple[Daemon, Http], http: Http) -> None:
+    """JSON lines are parsed by the shards; while someone follows (tail -f), the shards hand the
+    stored records back, and the follower sees them once, in line order, without the rejected line."""
+    daemon, _ = served
+    source = unique_source()
+    cursor = daemon.call("tail", {"source": source})["cursor"]  # following from here
+    lines = [{"message": f"followed {i}", "source": source} for i in range(30)]
+    body_lines: list[Any] = [json.dumps(line).encode() for line in lines]
+    body_lines.insert(10, b"{not json")
+    answer = http.insert(body_lines)
+    assert (answer["accepted"], [r["line"] for r in answer["rejected"]]) == (30, [11]), answer
+    seen = daemon.call("tail", {"source": source, "cursor": cursor, "wait_s": 0, "limit": 100})["logs"]
+    assert [log["message"] for log in seen] == [line["message"] for line in lines]
+
+
 # --- reads ---------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,86 @@
+"""JSON lines -> normalized records: the parse-and-validate step of ingest, in one place.
+
+The coordinator routes the lines of a JSON-lines request to the shards unparsed
+(``coordinator.router.route_lines``) and each shard runs ``normalize_lines`` on its share; the
+coordinator's general path (text, hooks, followers) words its JSON errors with ``json_error``.
+Both therefore reject the same lines with the same reasons.
+
+Pure: no I/O, no clocks (the caller passes ``now_ns``, the ingest time of the request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Sequence
+
+import orjson
+
+from storage.errors import BadRecord, BadRequest
+from storage.record import DEFAULT_LIMITS, Limits, normalize_record
+
+
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def json_error(exc: Exception) -> str:
+    """The rejection reason of a line that is not JSON."""
+    return f"not valid JSON: {exc}; send one JSON object per line"
+
+
+def normalize_lines(lines: Sequence[bytes | str], numbers: Sequence[int], *, id_base: int, now_ns: int,
+                    limits: Limits = DEFAULT_LIMITS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records, rejections) for JSON lines that are stripped and not blank.
+
+    ``numbers[i]`` is the request's line number of ``lines[i]``; the record of that line gets the
+    id ``id_base + numbers[i]``, so ids follow the lines of the request and stay unique across
+    shards.  A rejection is ``{"line": number, "reason": text}``, in line order."""
+    if len(lines) != len(numbers):
+        raise BadRequest(f"{len(lines)} lines but {len(numbers)} line numbers; send one number per line")
+    if numbers and not (_I64_MIN <= id_base + min(numbers) and id_base + max(numbers) <= _I64_MAX):
+        raise BadRequest(f"ids id_base + line number ({id_base} + {min(numbers)}..{max(numbers)}) must be "
+                         "64-bit signed integers")
+    loads = orjson.loads
+    records: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    for line, number in zip(lines, numbers):
+        try:
+            record = normalize_record(loads(line), now_ns=now_ns, limits=limits)
+        except orjson.JSONDecodeError as exc:
+            rejected.append({"line": number, "reason": json_error(exc)})
+            continue
+        except BadRecord as exc:
+            rejected.append({"line": number, "reason": exc.message})
+            continue
+        record["id"] = id_base + number
+        records.append(record)
+    return records, rejected
+
+
+def limits_to_wire(limits: Limits) -> dict[str, int]:
+    return asdict(limits)
+
+
+_LIMITS_SEEN: dict[tuple[tuple[str, Any], ...], Limits] = {}
+
+
+def limits_from_wire(value: Any) -> Limits:
+    """``Limits`` from its wire form (a map of its fields); BadRequest names what is wrong."""
+    if not isinstance(value, dict):
+        raise BadRequest(f"limits must be a map of limit names to integers, got {type(value).__name__}")
+    try:
+        key = tuple(sorted(value.items()))
+        found = _LIMITS_SEEN.get(key)
+    except TypeError:  # names that are not all strings, unhashable values
+        raise BadRequest(f"limits must map limit names to integers, got {value!r:.200}") from None
+    if found is not None:
+        return found
+    try:
+        found = Limits(**value)
+    except TypeError as exc:  # an unknown name
+        raise BadRequest(f"limits: {exc}; known names: {sorted(asdict(DEFAULT_LIMITS))}") from None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if len(_LIMITS_SEEN) >= 16:  # one or two in practice: the coordinator's config
+        _LIMITS_SEEN.clear()
+    _LIMITS_SEEN[key] = found
+    return found

@@ -1,0 +1,77 @@
+"""JSON lines -> normalized records (storage.jsonlines): ids from line numbers, rejections by line
+with the reason, the limits' wire form, and bad arguments answered with BadRequest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from storage.errors import BadRequest
+from storage.jsonlines import json_error, limits_from_wire, limits_to_wire, normalize_lines
+from storage.record import DEFAULT_LIMITS, Limits, normalize_record
+
+NOW_NS = 1_800_000_000_000_000_000
+
+
+def _line(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_each_line_becomes_the_normalized_record_with_id_base_plus_its_line_number() -> None:
+    raw = [{"timestamp": "2026-01-02T03:04:05Z", "level": "warn", "message": "disk 91%", "source": "db",
+            "tags": ["a", "a"], "metadata": {"host": "h1"}},
+           {"message": "no timestamp: stamped with now_ns"}]
+    records, rejected = normalize_lines([json.dumps(r).encode() for r in raw], [3, 7], id_base=1000, now_ns=NOW_NS)
+    assert rejected == []
+    assert records == [dict(normalize_record(r, now_ns=NOW_NS), id=1000 + n) for r, n in zip(raw, (3, 7))]
+    assert records[1]["ts_ns"] == NOW_NS
+
+
+def test_bad_lines_are_rejected_by_number_with_the_reason_and_the_rest_kept() -> None:
+    lines = [_line(message="ok 1"), b"{not json", b"[1, 2]", _line(message="too many tags", tags=["a", "b", "c"]),
+             "{\"message\": \"a str line\"}", _line(message="ok 2")]
+    records, rejected = normalize_lines(lines, [1, 2, 3, 4, 5, 6], id_base=0, now_ns=NOW_NS,
+                                        limits=Limits(max_tags=2))
+    assert [r["message"] for r in records] == ["ok 1", "a str line", "ok 2"]
+    assert [r["id"] for r in records] == [1, 5, 6]
+    assert [r["line"] for r in rejected] == [2, 3, 4]
+    assert rejected[0]["reason"].startswith("not valid JSON: ") and "one JSON object per line" in rejected[0]["reason"]
+    assert "object" in rejected[1]["reason"]
+    assert "max_tags" in rejected[2]["reason"] and "2" in rejected[2]["reason"]
+
+
+def test_json_error_names_what_to_send() -> None:
+    assert json_error(ValueError("unexpected character")) == \
+        "not valid JSON: unexpected character; send one JSON object per line"
+
+
+@pytest.mark.parametrize("lines, numbers, id_base, words", [
+    ([b"{}"], [], 0, "1 lines but 0 line numbers"),
+    ([b"{}"], [2], (1 << 63) - 2, "64-bit"),
+    ([b"{}"], [-5], -(1 << 63) + 1, "64-bit"),
+])
+def test_arguments_that_do_not_fit_are_a_bad_request(lines: list[bytes], numbers: list[int], id_base: int,
+                                                     words: str) -> None:
+    with pytest.raises(BadRequest, match=words):
+        normalize_lines(lines, numbers, id_base=id_base, now_ns=NOW_NS)
+
+
+def test_limits_travel_as_a_map_and_come_back_equal() -> None:
+    limits = Limits(max_tags=3, max_message_bytes=1000)
+    wire = limits_to_wire(limits)
+    assert wire["max_tags"] == 3 and set(wire) == set(limits_to_wire(DEFAULT_LIMITS))
+    assert limits_from_wire(wire) == limits
+    assert limits_from_wire({}) == DEFAULT_LIMITS
+
+
+@pytest.mark.parametrize("value, words", [
+    ([1], "must be a map"),
+    ({"max_tagz": 3}, "max_tagz"),
+    ({"max_tags": 0}, "max_tags must be a positive integer"),
+    ({"max_tags": [1]}, "limit names to integers"),
+    ({1: 2, "a": 3}, "limit names to integers"),
+])
+def test_bad_limits_are_a_bad_request_naming_the_problem(value: object, words: str) -> None:
+    with pytest.raises(BadRequest, match=words):
+        limits_from_wire(value)
