@@ -14,6 +14,7 @@ TOML keys (all optional; the environment variable is ``SHARDLOG_`` + the upper-c
     token = ""                       # bearer token; required to listen on a non-loopback address
     query_timeout = "30s"            # per-request deadline across all shards
     max_batch_records = 100000       # records in one ingest request
+    jsonl_parse = "auto"             # where JSON lines are parsed: "shards", "coordinator", or "auto"
     max_body_bytes = 67108864        # HTTP / TCP request body limit
     block_records = 1024             # records per sealed block
     max_store_bytes = 1099511627776  # per shard store size cap (StoreFull beyond)
@@ -122,6 +123,10 @@ class Config:
     notify: dict[str, Any] = field(default_factory=dict)
     #: pre-ingest hooks, "module:function" each, run in this order (coordinator.hooks)
     hooks: tuple[str, ...] = ()
+    #: where JSON lines are parsed and normalized: "shards" (routed unparsed, each shard parses its
+    #: share), "coordinator", or "auto": the shards when there is a shard per CPU core (the default
+    #: shard count), else the coordinator, which then has a core of its own to parse on
+    jsonl_parse: str = "auto"
 
     @property
     def socket(self) -> Path:
@@ -134,9 +139,12 @@ _INT_KEYS = ("shards", "max_batch_records", "max_body_bytes", "max_inflight_reco
              "max_store_bytes")
 _ADDR_KEYS = ("http", "tcp", "syslog")
 _TEXT_KEYS = ("data_dir", "token", "log_level", "socket")
+#: key -> its allowed values
+_CHOICE_KEYS = {"jsonl_parse": ("auto", "shards", "coordinator")}
 #: tables/arrays only the config file can give
 _FILE_ONLY_KEYS = {"limits", "alerts", "notify"}
-KNOWN_KEYS = set(_DURATION_KEYS) | set(_INT_KEYS) | set(_ADDR_KEYS) | set(_TEXT_KEYS) | _FILE_ONLY_KEYS | {"hooks"}
+KNOWN_KEYS = set(_DURATION_KEYS) | set(_INT_KEYS) | set(_ADDR_KEYS) | set(_TEXT_KEYS) | set(_CHOICE_KEYS) \
+    | _FILE_ONLY_KEYS | {"hooks"}
 
 
 def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
@@ -190,6 +198,10 @@ def load_config(*, config_file: str | os.PathLike[str] | None = None, env: Mappi
                 values["socket_path"] = Path(str(value)).expanduser() if value else None
             elif key == "token":
                 values["token"] = str(value) or None
+            elif key in _CHOICE_KEYS:
+                if value not in _CHOICE_KEYS[key]:
+                    raise ValueError(f"{key} {value!r} must be one of {', '.join(_CHOICE_KEYS[key])}")
+                values[key] = value
             elif key == "log_level":
                 level = str(value).upper()
                 if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -98,6 +98,9 @@ class Service:
         self.hooks = HookRunner(config.hooks, errors=metrics.hook_errors, dropped=metrics.hook_dropped,
                                 limits=config.limits)
         self._limits_wire = limits_to_wire(config.limits)
+        #: JSON lines routed unparsed to the shards (config jsonl_parse; docs/design.md "Ingest")
+        self.parse_in_shards = config.jsonl_parse == "shards" or (
+            config.jsonl_parse == "auto" and self.n_shards >= (os.cpu_count() or 1))
         self._rpc: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.ping, "ingest": self._rpc_ingest, "ingest_lines": self._rpc_ingest_lines,
             "query": self.query, "count": self.count, "aggregate": self.aggregate, "tail": self.tail,
@@ -328,7 +331,7 @@ class Service:
                            flush_text: bool = True) -> dict[str, Any]:
         if not isinstance(lines, list):
             raise BadRequest(f"lines must be a list of strings, got {type(lines).__name__}")
-        if fmt == "jsonl" and not self.hooks.active:
+        if fmt == "jsonl" and self.parse_in_shards and not self.hooks.active:
             # the path a request takes depends only on it and the config (never on followers), so
             # a retry with the same idempotency key is routed exactly as the first attempt was
             routed = route_lines(lines, self.n_shards, first_line)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from coordinator.config import ConfigError, load_config, socket_path_for
+from coordinator.config import Config, ConfigError, load_config, socket_path_for
+from coordinator.metrics import Metrics
+from coordinator.service import Service
 
 
 def test_defaults_without_any_source() -> None:
@@ -55,6 +59,25 @@ def test_limits_table(tmp_path: Path) -> None:
     path.write_text("[limits]\nmax_tagz = 8\n")
     with pytest.raises(ConfigError, match="max_tagz"):
         load_config(config_file=path, env={})
+
+
+def test_jsonl_parse_is_one_of_its_choices() -> None:
+    assert load_config(env={}).jsonl_parse == "auto"
+    assert load_config(env={"SHARDLOG_JSONL_PARSE": "coordinator"}).jsonl_parse == "coordinator"
+    with pytest.raises(ConfigError, match="jsonl_parse 'shard' must be one of auto, shards, coordinator"):
+        load_config(env={"SHARDLOG_JSONL_PARSE": "shard"})
+
+
+@pytest.mark.parametrize("setting, shards, cpus, in_shards", [
+    ("auto", 2, 2, True), ("auto", 4, 2, True), ("auto", 1, 2, False), ("auto", 2, 8, False),
+    ("shards", 1, 8, True), ("coordinator", 8, 2, False),
+])
+def test_where_json_lines_are_parsed(monkeypatch: pytest.MonkeyPatch, setting: str, shards: int, cpus: int,
+                                     in_shards: bool) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    supervisor: Any = types.SimpleNamespace(slots=[None] * shards)
+    service = Service(Config(jsonl_parse=setting), supervisor, Metrics(), data_dir="/nonexistent")
+    assert service.parse_in_shards is in_shards
 
 
 def test_unreadable_config_file_names_the_path(tmp_path: Path) -> None:

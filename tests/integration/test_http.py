@@ -1,7 +1,8 @@
 """The HTTP API of a real daemon (DESIGN §8): ingest, query, count, aggregate, metrics, health,
 bearer tokens, body limits, and staying up after garbage.
 
-One daemon (2 shards, HTTP on 127.0.0.1 and a free port, a 1 MiB body limit) serves the module;
+One daemon (2 shards, HTTP on 127.0.0.1 and a free port, a 1 MiB body limit) serves the module, once
+with JSON lines parsed by the shards and once by the coordinator;
 each test isolates its records with a unique ``source``.  Token tests start their own daemons.
 """
 
@@ -73,11 +74,12 @@ class Http:
         return self.ok("POST", "/insert/jsonline", body=body, headers=headers)
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Daemon, Http]]:
+@pytest.fixture(scope="module", params=["shards", "coordinator"])
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, Http]]:
+    """Every test runs against both places JSON lines can be parsed (config ``jsonl_parse``)."""
     port = free_port()
-    with Daemon(shards=2, http=f"127.0.0.1:{port}", env={"SHARDLOG_MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
-                name="http") as daemon:
+    env = {"SHARDLOG_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "SHARDLOG_JSONL_PARSE": request.param}
+    with Daemon(shards=2, http=f"127.0.0.1:{port}", env=env, name=f"http-{request.param}") as daemon:
         yield daemon, Http(f"http://127.0.0.1:{port}")
 
 
@@ -158,8 +160,8 @@ def test_a_retried_insert_with_the_same_idempotency_key_is_stored_once(http: Htt
 
 
 def test_a_follower_gets_the_lines_the_shards_parsed_in_line_order(served: tuple[Daemon, Http], http: Http) -> None:
-    """JSON lines are parsed by the shards; while someone follows (tail -f), the shards hand the
-    stored records back, and the follower sees them once, in line order, without the rejected line."""
+    """Where JSON lines are parsed by the shards, they hand the stored records back while someone
+    follows (tail -f); either way the follower sees them once, in line order, without the rejected line."""
     daemon, _ = served
     source = unique_source()
     cursor = daemon.call("tail", {"source": source})["cursor"]  # following from here
