@@ -56,6 +56,39 @@ def normalize_lines(lines: Sequence[bytes | str], numbers: Sequence[int], *, id_
     return records, rejected
 
 
+def replay_lines(entry: Any) -> list[dict[str, Any]]:
+    """The records of a WAL entry stored as JSON lines (``storage.layout.wal_lines_value``), as they
+    were when acknowledged: the same lines, line numbers, ingest time and limits give the same
+    records.  Every line was accepted once, so none is dropped here: one that this code rejects
+    (only possible after an upgrade changed the rules) is kept as a WARN record whose message is
+    the line and whose ``_replay_rejected`` metadata says why.  ValueError for a malformed entry."""
+    if not isinstance(entry, dict) or not {"lines", "numbers", "id_base", "now_ns", "limits"} <= entry.keys():
+        raise ValueError("a JSON-lines WAL entry must be a map with lines, numbers, id_base, now_ns and limits")
+    lines, numbers, id_base, now_ns = entry["lines"], entry["numbers"], entry["id_base"], entry["now_ns"]
+    if not isinstance(lines, list) or not isinstance(numbers, list) or not all(type(n) is int for n in numbers) \
+            or type(id_base) is not int or type(now_ns) is not int:
+        raise ValueError("a JSON-lines WAL entry has lines, numbers, id_base or now_ns of the wrong type")
+    try:
+        records, rejected = normalize_lines(lines, numbers, id_base=id_base, now_ns=now_ns,
+                                            limits=limits_from_wire(entry["limits"]))
+    except BadRequest as exc:
+        raise ValueError(exc.message) from None
+    if not rejected:
+        return records
+    reasons = {r["line"]: r["reason"] for r in rejected}
+    by_number = {record["id"] - id_base: record for record in records}
+    out = []
+    for line, number in zip(lines, numbers):
+        record = by_number.get(number)
+        if record is None:
+            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+            record = {"ts_ns": now_ns, "level": "WARN", "message": text, "source": "", "tags": [],
+                      "metadata": {"_replay_rejected": reasons[number]}, "thread_id": None, "request_id": None,
+                      "user_id": None, "id": id_base + number}
+        out.append(record)
+    return out
+
+
 def limits_to_wire(limits: Limits) -> dict[str, int]:
     return asdict(limits)
 

@@ -45,6 +45,7 @@ from storage.block import MAX_BLOCK_ROWS, SealedBlock, build_block
 from storage.env import Env, make_private_dir, take_owner_lock
 from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, StoreFull
 from storage.header import MINUTE_NS, BlockHeader, HeaderTotals
+from storage.jsonlines import replay_lines
 from storage.search import LruCache, Snapshot, level_window, run_aggregate, run_count, run_query
 
 log = logging.getLogger("shardlog.store")
@@ -266,6 +267,8 @@ class Store:
                 seq = layout.read_u64(key)
                 try:
                     batch = msgpack.unpackb(value, raw=False, strict_map_key=True)
+                    if isinstance(batch, dict):  # the JSON lines a shard parsed (layout: WAL values)
+                        batch = replay_lines(batch)
                     check_records(batch)
                 except (ShardlogError, ValueError, TypeError, msgpack.UnpackException) as exc:
                     raise CorruptData(f"WAL entry {seq} in {self.path} cannot be read: {exc}") from exc
@@ -285,8 +288,9 @@ class Store:
     def submit(self, records: list[dict[str, Any]], idempotency_key: str | None = None,
                packed: bytes | None = None) -> Future:
         """Queue a batch; the future resolves to ``{"accepted": n, "duplicate": bool}`` once durable.
-        ``packed``, when given, must be the msgpack of ``records`` (as received from the wire): it is
-        written to the WAL as is instead of packing the records again."""
+        ``packed``, when given, is the batch's WAL value, written as is instead of packing the records:
+        their msgpack (as received from the wire), or ``layout.wal_lines_value`` of the JSON lines
+        they were parsed from (see storage.layout, "WAL values")."""
         if self._closed:
             raise ShardlogError(f"store {self.path} is closed")
         n = len(records)

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from shardd.client import Client
 from storage.errors import ShardlogError
 from tests.helpers import S_NS, T0_NS, process_gone, wait_for
@@ -396,8 +398,9 @@ class Batch:
 
 
 class Ingester(threading.Thread):
-    """A client thread that ingests numbered batches over the daemon's socket and records which
-    were acknowledged.  Every record carries ``metadata.uid`` = ``"<batch>:<index>"``.
+    """A client thread that ingests numbered batches over the daemon's socket (half as records, half
+    as JSON lines) and records which were acknowledged.  Every record carries ``metadata.uid`` =
+    ``"<batch>:<index>"``.
 
     Batches alternate between keyed (an idempotency key; retried with the same key after an error,
     as DESIGN §3 tells clients to) and unkeyed (never retried: a blind retry could store twice, so an
@@ -464,13 +467,20 @@ class Ingester(threading.Thread):
                 batch = Batch(batch_id, uids, key)
                 self.batches.append(batch)
                 batch_id += 1
-                args: dict[str, Any] = {"records": records}
+                # half the batches as JSON lines: with jsonl_parse = shards those are parsed and
+                # written to the WAL as lines by the shards, the others as records from the coordinator
+                if batch_id % 4 >= 2:
+                    lines = [orjson.dumps(record) for record in records]
+                    args: dict[str, Any] = {"lines": lines, "format": "jsonl"}
+                    op = "ingest_lines"
+                else:
+                    args, op = {"records": records}, "ingest"
                 if key is not None:
                     args["idempotency_key"] = key
                 while True:
                     batch.attempts += 1
                     try:
-                        answer = client.call("ingest", args)
+                        answer = client.call(op, args)
                     except ShardlogError as exc:
                         batch.outcome, batch.error = "failed", f"{type(exc).__name__}: {exc.message}"
                         unreachable = "cannot connect" in exc.message

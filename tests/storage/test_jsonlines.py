@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import msgpack
 import pytest
 
 from storage.errors import BadRequest
-from storage.jsonlines import json_error, limits_from_wire, limits_to_wire, normalize_lines
+from storage import layout
+from storage.jsonlines import json_error, limits_from_wire, limits_to_wire, normalize_lines, replay_lines
 from storage.record import DEFAULT_LIMITS, Limits, normalize_record
 
 NOW_NS = 1_800_000_000_000_000_000
@@ -75,3 +77,34 @@ def test_limits_travel_as_a_map_and_come_back_equal() -> None:
 def test_bad_limits_are_a_bad_request_naming_the_problem(value: object, words: str) -> None:
     with pytest.raises(BadRequest, match=words):
         limits_from_wire(value)
+
+
+def _wal_entry(lines: list[bytes], numbers: list[int], limits: dict[str, int] | None = None) -> dict:
+    value = layout.wal_lines_value(lines, numbers, 500, NOW_NS, limits or {})
+    return msgpack.unpackb(value, raw=False, strict_map_key=True)
+
+
+def test_a_wal_entry_of_lines_replays_to_the_records_they_were_acknowledged_as() -> None:
+    lines = [_line(message="a", tags=["x", "y"]), _line(message="b", timestamp="2024-01-01T00:00:00Z")]
+    records, _ = normalize_lines(lines, [2, 9], id_base=500, now_ns=NOW_NS, limits=Limits(max_tags=2))
+    assert replay_lines(_wal_entry(lines, [2, 9], {"max_tags": 2})) == records
+
+
+def test_a_line_this_code_would_reject_is_kept_at_replay_not_dropped() -> None:
+    """Only possible when an upgrade between the ack and the replay changed the rules."""
+    lines = [_line(message="fine"), b"{no longer accepted", _line(message="also fine")]
+    replayed = replay_lines(_wal_entry(lines, [1, 2, 3]))
+    assert [r["id"] for r in replayed] == [501, 502, 503]
+    kept = replayed[1]
+    assert (kept["message"], kept["level"], kept["ts_ns"]) == ("{no longer accepted", "WARN", NOW_NS)
+    assert kept["metadata"]["_replay_rejected"].startswith("not valid JSON")
+
+
+@pytest.mark.parametrize("entry", [
+    [1], {"lines": []}, {"lines": "x", "numbers": [], "id_base": 0, "now_ns": 0, "limits": {}},
+    {"lines": [b"{}"], "numbers": ["1"], "id_base": 0, "now_ns": 0, "limits": {}},
+    {"lines": [b"{}"], "numbers": [1], "id_base": 0, "now_ns": 0, "limits": {"max_tags": -1}},
+])
+def test_a_malformed_wal_entry_is_a_value_error(entry: object) -> None:
+    with pytest.raises(ValueError):
+        replay_lines(entry)
