@@ -31,7 +31,7 @@ import orjson
 
 from storage.errors import BadRecord
 from storage.levels import normalize_level
-from storage.timefmt import MIN_TS_NS, NS_PER_S, format_timestamp, parse_timestamp_unbounded
+from storage.timefmt import MIN_TS_NS, NS_PER_S, format_timestamp, parse_timestamp_unbounded, parse_utc_z
 
 
 @dataclass(frozen=True)
@@ -519,10 +519,18 @@ def _normalize_simple(raw: dict[str, Any], now_ns: int, limits: Limits) -> dict[
     if not level.isascii() or len(level) > max_field:
         return None
     ts_value = get("timestamp")
-    if ts_value is not None and type(ts_value) is not str:
+    if ts_value is None:
+        ts_ns = _record_time(None, metadata, now_ns, limits)
+    elif type(ts_value) is not str:
         return None
+    else:
+        # RFC 3339 UTC "...Z" (most senders) straight to its fast parser, which answers only for
+        # storable instants; anything else, or a future one, goes the general way (which words it)
+        ts_ns = parse_utc_z(ts_value)
+        if ts_ns is None or ts_ns - now_ns > limits.max_future_ns:
+            ts_ns = _record_time(ts_value, metadata, now_ns, limits)
     return {
-        "ts_ns": _record_time(ts_value, metadata, now_ns, limits),
+        "ts_ns": ts_ns,
         "level": level,
         "message": message,
         "source": source,

@@ -221,7 +221,7 @@ _SECOND_CACHE_MAX = 4096
 _DIGITS = frozenset("0123456789")
 
 
-def _parse_utc_z(text: str) -> int | None:
+def parse_utc_z(text: str) -> int | None:
     """The fast path for ``YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z``: ns, or None when ``text`` has another
     form (then the general parser decides, so both paths agree on every input)."""
     n = len(text)
@@ -252,7 +252,7 @@ def _parse_utc_z(text: str) -> int | None:
 
 
 def _parse_text(text: str) -> int | None:
-    fast = _parse_utc_z(text)
+    fast = parse_utc_z(text)
     if fast is not None:
         return fast
     return _parse_text_general(text)

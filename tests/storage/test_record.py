@@ -669,8 +669,12 @@ _ascii = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), ma
 _simple_scalar = st.one_of(_ascii, st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False),
                            st.booleans(), st.none())
 _simple_raw = st.fixed_dictionaries({}, optional={
-    "timestamp": st.one_of(st.none(), st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01 12:00:00.5",
-                                                       "1700000000", "garbage", "", "3000-01-01T00:00:00Z"])),
+    "timestamp": st.one_of(st.none(), st.sampled_from([
+        "2024-01-01T00:00:00Z", "2024-01-01 12:00:00.5", "1700000000", "garbage", "", "3000-01-01T00:00:00Z",
+        # the "...Z" fast parser's edges: padding, near and far future, bad fields, long fractions
+        " 2024-01-01T00:00:00Z", "2024-01-01T00:00:00.25Z ", "2024-03-11T00:00:00.123456Z",
+        "2024-03-12T00:00:00Z", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00.1234567890Z",
+        "1677-09-21T00:12:43Z", "2024-01-01T00:00:00.Z", "2024-01-01T24:00:00Z"])),
     "level": st.one_of(st.none(), st.sampled_from(["info", "WARNING", "err", "custom", " debug ", "", "5"])),
     "message": st.one_of(_ascii, st.none(), st.integers()),
     "source": st.one_of(_ascii, st.none()),
