@@ -40,13 +40,14 @@ def route(records: Sequence[dict[str, Any]], n_shards: int, idempotency_key: str
     return out
 
 
-def route_lines(lines: Sequence[Any], n_shards: int, first_line: int = 1,
+def route_lines(lines: Sequence[Any], n_shards: int, first_line: int = 1, numbers: Sequence[int] | None = None,
                 ) -> tuple[list[tuple[list[bytes], list[int]]], int] | None:
-    """Split the lines of a JSON-lines request into one (lines, line numbers) pair per shard, unparsed:
-    each line stripped, blank lines left out (they are not records), keyed by the crc32 of its bytes —
-    stable for a retried request, and one dominant source still spreads.  Also returns the number of
-    lines routed.  A ``str`` line is sent as its UTF-8 bytes (a lone surrogate stays invalid UTF-8 and
-    is rejected as not JSON).  None when a line is neither bytes nor str: the general path words that."""
+    """Split JSON texts into one (texts, line numbers) pair per shard, unparsed: each stripped, blank
+    ones left out (they are not records), keyed by the crc32 of its bytes — stable for a retried
+    request, and one dominant source still spreads.  Also returns the number routed.  A text's number
+    is ``numbers[i]`` when given, else ``first_line + i``.  A ``str`` is sent as its UTF-8 bytes (a
+    lone surrogate stays invalid UTF-8 and is rejected as not JSON).  None when an item is neither
+    bytes nor str: the general path words that."""
     out: list[tuple[list[bytes], list[int]]] = [([], []) for _ in range(n_shards)]
     crc32 = zlib.crc32
     routed = 0
@@ -61,6 +62,6 @@ def route_lines(lines: Sequence[Any], n_shards: int, first_line: int = 1,
             continue
         part = out[crc32(line) % n_shards]
         part[0].append(line)
-        part[1].append(first_line + index)
+        part[1].append(first_line + index if numbers is None else numbers[index])
         routed += 1
     return out, routed

@@ -98,9 +98,9 @@ class Service:
         self.hooks = HookRunner(config.hooks, errors=metrics.hook_errors, dropped=metrics.hook_dropped,
                                 limits=config.limits)
         self._limits_wire = limits_to_wire(config.limits)
-        #: JSON lines routed unparsed to the shards (config jsonl_parse; docs/design.md "Ingest")
-        self.parse_in_shards = config.jsonl_parse == "shards" or (
-            config.jsonl_parse == "auto" and self.n_shards >= (os.cpu_count() or 1))
+        #: records parsed and normalized by the shards (config parse_in; docs/design.md "Ingest")
+        self.parse_in_shards = config.parse_in == "shards" or (
+            config.parse_in == "auto" and self.n_shards >= (os.cpu_count() or 1))
         self._rpc: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.ping, "ingest": self._rpc_ingest, "ingest_lines": self._rpc_ingest_lines,
             "query": self.query, "count": self.count, "aggregate": self.aggregate, "tail": self.tail,
@@ -161,8 +161,13 @@ class Service:
 
     async def ingest(self, raws: list[Any], *, idempotency_key: str | None = None, first_line: int = 1,
                      line_numbers: list[int] | None = None, pre_rejected: list[dict[str, Any]] | None = None,
-                     ) -> dict[str, Any]:
+                     json_native: bool = False) -> dict[str, Any]:
         """Normalize, route and store a batch; the answer comes once every target shard committed.
+
+        ``json_native``: the caller parsed the records from JSON or text, so their values are what JSON
+        can hold (no bytes, NaN or Infinity, which orjson would write as null); when the shards parse
+        (``parse_in_shards``) the records go to them as JSON texts and are normalized there.  Records
+        from the RPC (msgpack, which can hold those) are normalized here.
 
         Memory: while the shards store the batch (the longest part of a request) only the packed
         frames are kept, not the raw or normalized records; a caller that wants the raw records freed
@@ -170,6 +175,15 @@ class Service:
         if not isinstance(raws, list):
             raise BadRequest(f"records must be a list of objects, got {type(raws).__name__}")
         self._check_request(len(raws), idempotency_key)
+        if json_native and self.parse_in_shards and not self.hooks.active:
+            numbers = line_numbers if line_numbers is not None else range(first_line, first_line + len(raws))
+            texts = _json_texts(raws) if len(set(numbers)) == len(numbers) else None
+            if texts is not None:
+                del raws
+                routed = route_lines(texts, self.n_shards, numbers=numbers)
+                assert routed is not None  # every text is bytes
+                lo, hi = (min(numbers), max(numbers)) if numbers else (first_line, first_line)
+                return await self._ingest_routed(*routed, lo, hi, idempotency_key, pre_rejected or [])
         started = time.perf_counter()
         n = len(raws)
         await self._admit(n)
@@ -186,29 +200,31 @@ class Service:
         return {"accepted": batch.accepted, "rejected": batch.rejected,
                 **({"dropped": batch.dropped} if batch.dropped else {})}
 
-    async def _ingest_routed(self, parts: list[tuple[list[bytes], list[int]]], n_routed: int, n_lines: int,
-                             first_line: int, idempotency_key: str | None) -> dict[str, Any]:
-        """JSON lines routed unparsed: each shard parses, validates and normalizes its share
+    async def _ingest_routed(self, parts: list[tuple[list[bytes], list[int]]], n_routed: int, lowest: int,
+                             highest: int, idempotency_key: str | None,
+                             pre_rejected: list[dict[str, Any]]) -> dict[str, Any]:
+        """JSON texts routed unparsed: each shard parses, validates and normalizes its share
         (storage.jsonlines, the same code and wording as ``parse_lines`` + ``normalize``) and answers
         with its rejections.  Spreads the parsing over the shard processes instead of doing it all in
-        the coordinator's one loop — the largest part of ingest CPU before storing."""
+        the coordinator's one loop — the largest part of ingest CPU before storing.  Line numbers are
+        distinct, from ``lowest`` to ``highest``; a record's id is its number plus a per-request base."""
         self._check_request(n_routed, idempotency_key)
         started = time.perf_counter()
         await self._admit(n_routed)
         try:
-            ids = self._ids(n_lines)
+            ids = self._ids(highest - lowest + 1)
             follow = self._followed()
-            common = {"id_base": ids.start - first_line, "now_ns": time.time_ns(), "limits": self._limits_wire,
+            common = {"id_base": ids.start - lowest, "now_ns": time.time_ns(), "limits": self._limits_wire,
                       **({"return_records": True} if follow else {})}
             results = await self._store([(i, "ingest_lines", {"lines": lines, "numbers": numbers, **common})
                                          for i, (lines, numbers) in enumerate(parts) if lines], idempotency_key)
         finally:
             await self._release(n_routed)
         accepted = sum(result.get("accepted", 0) for result in results)
-        rejected = sorted((item for result in results for item in result.get("rejected", ())),
-                          key=lambda item: item["line"])
-        for item in rejected:
+        refused = [item for result in results for item in result.get("rejected", ())]
+        for item in refused:
             self.metrics.rejected.labels(self.metrics.reason_label(item["reason"])).inc()
+        rejected = sorted(pre_rejected + refused, key=lambda item: item["line"])
         self._ingested(accepted, started)
         records = sorted((r for result in results for r in result.get("records", ())), key=lambda r: r["id"]) \
             if follow else []
@@ -336,15 +352,16 @@ class Service:
             # a retry with the same idempotency key is routed exactly as the first attempt was
             routed = route_lines(lines, self.n_shards, first_line)
             if routed is not None:
-                n_lines = len(lines)
+                last_line = first_line + max(len(lines) - 1, 0)
                 del lines
-                return await self._ingest_routed(*routed, n_lines, first_line, idempotency_key)
+                return await self._ingest_routed(*routed, first_line, last_line, idempotency_key, [])
         raws, numbers, rejected = self.parse_lines(lines, fmt, first_line, text_parser=text_parser,
                                                    flush_text=flush_text)
         # hand the only references over: the lines and raw records are freed as soon as they are
         # normalized, not kept for the whole time the shards take to store the batch
         del lines
-        stored = self.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected)
+        stored = self.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected,
+                             json_native=True)
         del raws, numbers, rejected
         return await stored
 
@@ -624,6 +641,15 @@ def _parse_json_lines(lines: list[Any], first_line: int) -> tuple[list[Any], lis
     except (orjson.JSONDecodeError, TypeError):
         return None
     return raws, list(range(first_line, first_line + len(raws))), []
+
+
+def _json_texts(raws: list[Any]) -> list[bytes] | None:
+    """Each record as JSON text, for the shards to parse; None when one cannot be written as JSON
+    (then the coordinator normalizes the batch, and words the problem)."""
+    try:
+        return list(map(orjson.dumps, raws))
+    except (orjson.JSONEncodeError, TypeError):
+        return None
 
 
 def _first_line(args: dict[str, Any]) -> int:

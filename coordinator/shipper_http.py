@@ -137,7 +137,7 @@ class ShipperRoutes:
         if not push.records:
             return web.Response(status=204)
         key = request.headers.get("Idempotency-Key") or _body_key("loki", request, body)
-        result = await self.service.ingest(push.records, idempotency_key=key)
+        result = await self.service.ingest(push.records, idempotency_key=key, json_native=True)
         rejected = result["rejected"]
         if not rejected:
             return web.Response(status=204)
@@ -160,7 +160,7 @@ class ShipperRoutes:
             key = request.headers.get("Idempotency-Key")
             if key is None and parsed.all_ids:
                 key = _body_key("es-bulk", request, body)
-            result = await self.service.ingest(parsed.records, idempotency_key=key)
+            result = await self.service.ingest(parsed.records, idempotency_key=key, json_native=True)
             # Service numbers records from 1 in the order given
             rejected = {r["line"] - 1: r["reason"] for r in result["rejected"]}
         took_ms = int((time.perf_counter() - started) * 1000)
@@ -327,4 +327,5 @@ async def ingest_jsonl_renamed(service: "Service", lines: list[bytes], renames: 
     """``Service.ingest_lines`` for JSON lines, with the field renames applied between parse and ingest."""
     raws, numbers, rejected = service.parse_lines(lines, "jsonl", 1)
     rename_fields(raws, renames)
-    return await service.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected)
+    return await service.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected,
+                                json_native=True)

@@ -327,7 +327,7 @@ class SyslogListener:
         delay_s = _RETRY_MIN_S
         while True:
             try:
-                result = await self.service.ingest(raws, idempotency_key=key)
+                result = await self.service.ingest(raws, idempotency_key=key, json_native=True)
                 break
             except BadRequest as exc:  # the batch as a whole; not expected with batches split to the limit
                 self._count(transport, "record", len(raws))

@@ -467,7 +467,7 @@ class Ingester(threading.Thread):
                 batch = Batch(batch_id, uids, key)
                 self.batches.append(batch)
                 batch_id += 1
-                # half the batches as JSON lines: with jsonl_parse = shards those are parsed and
+                # half the batches as JSON lines: with parse_in = shards those are parsed and
                 # written to the WAL as lines by the shards, the others as records from the coordinator
                 if batch_id % 4 >= 2:
                     lines = [orjson.dumps(record) for record in records]

@@ -61,22 +61,22 @@ def test_limits_table(tmp_path: Path) -> None:
         load_config(config_file=path, env={})
 
 
-def test_jsonl_parse_is_one_of_its_choices() -> None:
-    assert load_config(env={}).jsonl_parse == "auto"
-    assert load_config(env={"SHARDLOG_JSONL_PARSE": "coordinator"}).jsonl_parse == "coordinator"
-    with pytest.raises(ConfigError, match="jsonl_parse 'shard' must be one of auto, shards, coordinator"):
-        load_config(env={"SHARDLOG_JSONL_PARSE": "shard"})
+def test_parse_in_is_one_of_its_choices() -> None:
+    assert load_config(env={}).parse_in == "auto"
+    assert load_config(env={"SHARDLOG_PARSE_IN": "coordinator"}).parse_in == "coordinator"
+    with pytest.raises(ConfigError, match="parse_in 'shard' must be one of auto, shards, coordinator"):
+        load_config(env={"SHARDLOG_PARSE_IN": "shard"})
 
 
 @pytest.mark.parametrize("setting, shards, cpus, in_shards", [
     ("auto", 2, 2, True), ("auto", 4, 2, True), ("auto", 1, 2, False), ("auto", 2, 8, False),
     ("shards", 1, 8, True), ("coordinator", 8, 2, False),
 ])
-def test_where_json_lines_are_parsed(monkeypatch: pytest.MonkeyPatch, setting: str, shards: int, cpus: int,
+def test_where_records_are_parsed(monkeypatch: pytest.MonkeyPatch, setting: str, shards: int, cpus: int,
                                      in_shards: bool) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: cpus)
     supervisor: Any = types.SimpleNamespace(slots=[None] * shards)
-    service = Service(Config(jsonl_parse=setting), supervisor, Metrics(), data_dir="/nonexistent")
+    service = Service(Config(parse_in=setting), supervisor, Metrics(), data_dir="/nonexistent")
     assert service.parse_in_shards is in_shards
 
 

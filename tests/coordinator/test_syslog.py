@@ -473,7 +473,9 @@ class FakeService:
         self.errors = errors
         self.calls: list[tuple[list[str], str | None]] = []
 
-    async def ingest(self, raws: list[dict[str, Any]], *, idempotency_key: str | None = None) -> dict[str, Any]:
+    async def ingest(self, raws: list[dict[str, Any]], *, idempotency_key: str | None = None,
+                     json_native: bool = False) -> dict[str, Any]:
+        assert json_native, "syslog records are text: the shards may parse them"
         self.calls.append(([raw["message"] for raw in raws], idempotency_key))
         if self.errors:
             raise self.errors.pop(0)

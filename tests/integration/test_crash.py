@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 EXIT_START_FAILED = 3
 #: small blocks sealed soon: seals run all the time, so a kill often lands in the middle of one
-BUSY_SEALER = {"SHARDLOG_BLOCK_RECORDS": "100", "SHARDLOG_SEAL_AFTER": "0.05s", "SHARDLOG_JSONL_PARSE": "shards"}
+BUSY_SEALER = {"SHARDLOG_BLOCK_RECORDS": "100", "SHARDLOG_SEAL_AFTER": "0.05s", "SHARDLOG_PARSE_IN": "shards"}
 
 
 def restarted(daemon: Daemon, shard_id: int, old_pid: int) -> dict[str, Any] | None:

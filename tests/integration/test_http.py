@@ -76,9 +76,9 @@ class Http:
 
 @pytest.fixture(scope="module", params=["shards", "coordinator"])
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, Http]]:
-    """Every test runs against both places JSON lines can be parsed (config ``jsonl_parse``)."""
+    """Every test runs against both places records can be parsed (config ``parse_in``)."""
     port = free_port()
-    env = {"SHARDLOG_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "SHARDLOG_JSONL_PARSE": request.param}
+    env = {"SHARDLOG_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "SHARDLOG_PARSE_IN": request.param}
     with Daemon(shards=2, http=f"127.0.0.1:{port}", env=env, name=f"http-{request.param}") as daemon:
         yield daemon, Http(f"http://127.0.0.1:{port}")
 

@@ -44,10 +44,12 @@ class Http:
                 return exc.code, dict(exc.headers), exc.read()
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Daemon, Http]]:
+@pytest.fixture(scope="module", params=["shards", "coordinator"])
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, Http]]:
+    """Every test runs against both places records can be parsed and normalized (config ``parse_in``)."""
     port = free_port()
-    with Daemon(shards=2, http=f"127.0.0.1:{port}", name="shippers") as daemon:
+    with Daemon(shards=2, http=f"127.0.0.1:{port}", env={"SHARDLOG_PARSE_IN": request.param},
+                name=f"shippers-{request.param}") as daemon:
         yield daemon, Http(f"http://127.0.0.1:{port}")
 
 

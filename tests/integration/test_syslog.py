@@ -36,10 +36,12 @@ ARRIVAL_TIMEOUT_S = 20.0
 RSYSLOG_HOSTNAME = "sl-test-host"
 
 
-@pytest.fixture(scope="module")
-def syslog_daemon() -> Iterator[tuple[Daemon, int]]:
+@pytest.fixture(scope="module", params=["shards", "coordinator"])
+def syslog_daemon(request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, int]]:
+    """Every test runs against both places records can be parsed and normalized (config ``parse_in``)."""
     port = free_port()
-    with Daemon(shards=2, config={"syslog": f"127.0.0.1:{port}"}, name="syslog") as daemon:
+    with Daemon(shards=2, config={"syslog": f"127.0.0.1:{port}", "parse_in": request.param},
+                name=f"syslog-{request.param}") as daemon:
         yield daemon, port
 
 
