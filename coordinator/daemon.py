@@ -220,7 +220,7 @@ class Daemon:
             task.cancel()
         # 2. drain: wait for in-flight ingests to be acknowledged by the shards
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self.service._inflight and time.monotonic() < deadline:
+        while self.service.intake.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         # 3. stop the shards (each finishes its queued commits first), then alerting and its store
         await self.supervisor.stop()

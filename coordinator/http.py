@@ -126,10 +126,10 @@ class HttpApi:
         return _json(await self.service.stats())
 
     async def tail(self, request: web.Request) -> web.StreamResponse:
-        params = dict(request.query)
+        logs = self.service.subscribe(dict(request.query))  # a bad filter is a 400, before the stream starts
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        async for log_json in self.service.subscribe(params):
+        async for log_json in logs:
             await response.write(orjson.dumps(log_json) + b"\n")
         return response
 

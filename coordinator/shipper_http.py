@@ -325,7 +325,7 @@ def rename_fields(raws: list[Any], renames: list[tuple[str, tuple[str, ...]]]) -
 async def ingest_jsonl_renamed(service: "Service", lines: list[bytes], renames: list[tuple[str, tuple[str, ...]]],
                                *, idempotency_key: str | None) -> dict[str, Any]:
     """``Service.ingest_lines`` for JSON lines, with the field renames applied between parse and ingest."""
-    raws, numbers, rejected = service.parse_lines(lines, "jsonl", 1)
+    raws, numbers, rejected = service.intake.parse_lines(lines, "jsonl", 1)
     rename_fields(raws, renames)
     return await service.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected,
                                 json_native=True)

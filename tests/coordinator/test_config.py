@@ -77,7 +77,7 @@ def test_where_records_are_parsed(monkeypatch: pytest.MonkeyPatch, setting: str,
     monkeypatch.setattr("os.cpu_count", lambda: cpus)
     supervisor: Any = types.SimpleNamespace(slots=[None] * shards)
     service = Service(Config(parse_in=setting), supervisor, Metrics(), data_dir="/nonexistent")
-    assert service.parse_in_shards is in_shards
+    assert service.intake.parse_in_shards is in_shards
 
 
 def test_unreadable_config_file_names_the_path(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from coordinator.config import Config
 from coordinator.metrics import Metrics
 from coordinator.router import route_lines
-from coordinator.service import Service, _json_texts
+from coordinator.ingest import _json_texts
+from coordinator.service import Service
 from storage.jsonlines import normalize_lines
 from storage.record import Limits
 
@@ -64,8 +65,8 @@ def _line(draw: st.DrawFn) -> Any:
 def _general(lines: list[Any], first_line: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     service = Service(Config(limits=LIMITS), types.SimpleNamespace(slots=[]), Metrics(), data_dir="/nonexistent")
     with mock.patch("time.time_ns", return_value=NOW_NS):
-        raws, numbers, rejected = service.parse_lines(lines, "jsonl", first_line)
-        records, more = service.normalize(raws, first_line, numbers)
+        raws, numbers, rejected = service.intake.parse_lines(lines, "jsonl", first_line)
+        records, more = service.intake.normalize(raws, first_line, numbers)
     return records, sorted(rejected + more, key=lambda r: r["line"])
 
 

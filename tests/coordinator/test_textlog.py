@@ -314,7 +314,7 @@ def _service() -> Service:
 def test_auto_format_mixes_json_and_text_in_line_order() -> None:
     service = _service()
     lines = [JAVA_TRACE[0], JAVA_TRACE[2], '{"message": "json one"}', "plain", b"{broken", "\tat x"]
-    raws, numbers, rejected = service.parse_lines(lines, "auto", 10)
+    raws, numbers, rejected = service.intake.parse_lines(lines, "auto", 10)
     # a JSON line (even a broken one) ends the text record before it: "\tat x" has nothing to join
     assert numbers == [10, 12, 13, 15]
     assert [r["message"] for r in raws] == ["job failed\n" + JAVA_TRACE[2], "json one", "plain", "\tat x"]
@@ -322,18 +322,18 @@ def test_auto_format_mixes_json_and_text_in_line_order() -> None:
 
 
 def test_text_format_treats_a_brace_as_text() -> None:
-    raws, numbers, rejected = _service().parse_lines(['{"message": "x"}'], "text", 1)
+    raws, numbers, rejected = _service().intake.parse_lines(['{"message": "x"}'], "text", 1)
     assert (raws, numbers, rejected) == ([{"message": '{"message": "x"}'}], [1], [])
 
 
 def test_a_caller_owned_parser_keeps_its_open_record_across_calls() -> None:
     service = _service()
     parser = TextParser()
-    raws, numbers, _ = service.parse_lines(JAVA_TRACE[:3], "auto", 1, text_parser=parser, flush_text=False)
+    raws, numbers, _ = service.intake.parse_lines(JAVA_TRACE[:3], "auto", 1, text_parser=parser, flush_text=False)
     assert raws == [] and parser.pending
-    raws, numbers, _ = service.parse_lines(JAVA_TRACE[3:], "auto", 4, text_parser=parser, flush_text=False)
+    raws, numbers, _ = service.intake.parse_lines(JAVA_TRACE[3:], "auto", 4, text_parser=parser, flush_text=False)
     assert numbers == [1] and raws[0]["message"].count("\n") == 6
-    raws, numbers, _ = service.parse_lines([], "auto", 9, text_parser=parser)
+    raws, numbers, _ = service.intake.parse_lines([], "auto", 9, text_parser=parser)
     assert numbers == [8] and raws[0]["message"] == "retrying"
 
 
@@ -422,7 +422,7 @@ def test_jsonl_lines_parse_with_their_line_numbers(lines: list[bytes], first_lin
     """The all-valid fast path and the general loop agree with a plain per-line reading: blank
     lines skipped, every other line a value or a rejection, each with its own line number."""
     batch = [line.decode() for line in lines] if as_text else list(lines)
-    raws, numbers, rejected = _service().parse_lines(batch, "jsonl", first_line)
+    raws, numbers, rejected = _service().intake.parse_lines(batch, "jsonl", first_line)
     expected_raws, expected_numbers, expected_rejected = [], [], []
     for index, line in enumerate(lines):
         if not line.strip():

@@ -159,6 +159,11 @@ def test_a_retried_insert_with_the_same_idempotency_key_is_stored_once(http: Htt
     assert http.ok("GET", "/api/v1/count", params={"q": f"source:{source}"})["count"] == 45
 
 
+def test_a_tail_stream_with_a_bad_query_is_a_400_before_it_starts(http: Http) -> None:
+    status, answer = http.json("GET", "/api/v1/tail", params={"q": "level:>>>"})
+    assert status == 400 and answer["error"] == "bad_query", answer
+
+
 def test_a_follower_gets_the_lines_the_shards_parsed_in_line_order(served: tuple[Daemon, Http], http: Http) -> None:
     """Where JSON lines are parsed by the shards, they hand the stored records back while someone
     follows (tail -f); either way the follower sees them once, in line order, without the rejected line."""
