@@ -11,25 +11,18 @@ It guarantees:
 - A line that cannot be an action (not JSON, not an object of one known action) makes the whole
   request a ``BadRequest`` naming the line: after it, which line is a document and which an action
   can no longer be known, so guessing could store an action line as a log.  Elasticsearch does the same.
-- Everything else is answered per item, so the rest of the request is stored: a source document that
-  is not a JSON object, or that record normalization rejects, gets status 400 with
-  ``{"type": "mapper_parsing_exception", "reason": ...}``; ``delete`` and ``update`` get status 400 with
-  ``illegal_argument_exception`` (shardlog stores logs append-only).  A 400 is what senders drop
-  rather than retry: the record can never succeed.
+- Everything else is answered per item, so the rest of the request is stored: an ``index`` / ``create``
+  without a document gets status 400 (``action_request_validation_exception``); ``delete`` and
+  ``update`` get status 400 with ``illegal_argument_exception`` (shardlog stores logs append-only).
+  Documents are not parsed here: they travel as the JSON texts they are (``BulkRequest.documents``)
+  to whoever parses records (``coordinator.ingest``: the shards or the coordinator), and one that is
+  not a JSON object, or that record normalization rejects, comes back as a rejection that
+  ``bulk_response`` turns into status 400 ``mapper_parsing_exception`` naming its bulk line.  A 400 is
+  what senders drop rather than retry: the record can never succeed.
 - ``bulk_response`` answers every item in request order, ``status`` 201 and ``result: created`` for a
   stored one; ``errors`` is true when any item failed.
 
-Document fields (Elastic Common Schema, as Filebeat and Vector write it) -> record fields; the rest
-of the mapping is ``storage.record``'s (nested objects flattened with dots, unknown keys -> metadata):
-
-- ``@timestamp`` is the timestamp (``timestamp``, if also present, wins, as in storage.record);
-- ``message`` is the message; a string ``log`` field (Fluent Bit's Docker input) is the message when
-  there is none;
-- ``log.level`` (flat or nested) is the level, unless a ``level`` field is present;
-- ``host.name`` (flat or nested) becomes ``host``, the host field of DESIGN §7; the other ``host.*``
-  fields stay in metadata under their dotted names;
-- the source is ``source`` or ``service`` when they are plain values, else ``service.name``, else the
-  index the action names (or the ``/{index}/_bulk`` path's), so every record has one.
+Document fields (Elastic Common Schema) map to record fields by ``storage.ecs.map_document``.
 """
 
 from __future__ import annotations
@@ -62,14 +55,17 @@ _SCALARS = (str, int, float, bool)
 @dataclass
 class BulkRequest:
     """A parsed bulk body.  ``items`` are the answer's items, one per action in order, already filled
-    in: a success for each action with a usable document (patched by ``bulk_response`` if
-    normalization rejects its record), the error for the others.  ``positions[k]`` is the index in
-    ``items`` of ``records[k]``.  Building the answer while parsing keeps the per-document work to
+    in: a success for each action with a document (patched by ``bulk_response`` if parsing or
+    normalization rejects it), the error for the others.  ``positions[k]`` is the index in ``items``
+    of ``documents[k]``.  Building the answer while parsing keeps the per-document work to
     one pass (the coordinator runs this for every shipped record)."""
 
     items: list[dict[str, dict[str, Any]]] = field(default_factory=list)
-    #: raw records for Service.ingest, one per item that has a usable document
-    records: list[dict[str, Any]] = field(default_factory=list)
+    #: the source documents of the index/create items, as sent (stripped JSON texts, unparsed)
+    documents: list[bytes] = field(default_factory=list)
+    #: each document's index (the fallback source, storage.ecs) and bulk line number
+    indexes: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     #: True when every index/create action carries an ``_id`` (a resend is then recognisable)
     all_ids: bool = True
@@ -112,49 +108,6 @@ def _parse_action(line: bytes, number: int) -> tuple[str, str | None, str | None
     return op, index, doc_id
 
 
-def map_document(doc: dict[str, Any], index: str) -> dict[str, Any]:
-    """An ECS-style source document -> a raw record for storage.record (edits ``doc`` in place)."""
-    # @timestamp -> timestamp (the same precedence as storage.record, under the canonical name)
-    if "@timestamp" in doc and "timestamp" not in doc:
-        doc["timestamp"] = doc.pop("@timestamp")
-    if "message" not in doc and "msg" not in doc and "_msg" not in doc and type(doc.get("log")) is str:
-        doc["message"] = doc.pop("log")
-    # log.level, nested or flat, unless a level field says otherwise
-    if "level" not in doc and "severity" not in doc:
-        log = doc.get("log")
-        if type(log) is dict and "level" in log and isinstance(log["level"], _SCALARS):
-            doc["level"] = log.pop("level")
-            if not log:
-                del doc["log"]
-        elif "log.level" in doc and isinstance(doc["log.level"], _SCALARS):
-            doc["level"] = doc.pop("log.level")
-    # host.name -> host; the host object's other fields stay as host.<field>
-    host = doc.get("host")
-    if type(host) is dict:
-        name = host.get("name")
-        if name is not None and isinstance(name, _SCALARS):
-            del doc["host"]
-            for key, value in host.items():
-                if key != "name":
-                    doc[f"host.{key}"] = value
-            doc["host"] = name
-    elif host is None and "host.name" in doc:
-        doc["host"] = doc.pop("host.name")
-    # the source: a plain source/service, else service.name, else the index
-    source, service = doc.get("source"), doc.get("service")
-    if not isinstance(source, _SCALARS) and not isinstance(service, _SCALARS):
-        if source is None:
-            if type(service) is dict and isinstance(service.get("name"), _SCALARS):
-                doc["source"] = service.pop("name")
-                if not service:
-                    del doc["service"]
-            elif "service.name" in doc and isinstance(doc["service.name"], _SCALARS):
-                doc["source"] = doc.pop("service.name")
-            else:
-                doc["source"] = index
-    return doc
-
-
 def _error_item(op: str, index: str, doc_id: str, kind: str, reason: str) -> dict[str, dict[str, Any]]:
     return {op: {"_index": index, "_id": doc_id, "status": _BAD_ITEM, "error": {"type": kind, "reason": reason}}}
 
@@ -163,13 +116,14 @@ def parse_bulk(body: bytes, default_index: str | None = None) -> BulkRequest:
     """A bulk body -> answer items and raw records (see the module docstring).  BadRequest for a line
     that cannot be an action, or a body with no action at all."""
     request = BulkRequest()
-    items, records, positions = request.items, request.records, request.positions
+    items, positions = request.items, request.positions
     lines = body.split(b"\n")
     fallback_index = default_index or DEFAULT_INDEX
     # Generated ids: a random prefix per request and the item number (12 + 8 characters).
     prefix = secrets.token_urlsafe(9)
-    loads, cached_action = orjson.loads, _action_cache.get
-    add_item, add_record, add_position = items.append, records.append, positions.append
+    cached_action = _action_cache.get
+    add_item, add_position = items.append, positions.append
+    add_document, add_index, add_line = request.documents.append, request.indexes.append, request.lines.append
     all_ids = True
     count = len(lines)
     number = 0
@@ -198,24 +152,17 @@ def parse_bulk(body: bytes, default_index: str | None = None) -> BulkRequest:
             continue
         if doc_id is None:
             all_ids = False
-        try:
-            doc = loads(source)
-        except orjson.JSONDecodeError as exc:
-            if source.strip():
-                reason, kind = f"failed to parse the document on bulk line {number}: {exc}", "mapper_parsing_exception"
-            else:
-                reason = (f"bulk line {number - 1}: the {op} action has no document after it; send each document "
-                          "on the line after its action")
-                kind = "action_request_validation_exception"
-            items.append(_error_item(op, index, item_id, kind, reason))
-            continue
-        if type(doc) is not dict:
-            items.append(_error_item(op, index, item_id, "mapper_parsing_exception", f"the document on bulk line "
-                                     f"{number} is not a JSON object; send one object per index/create action"))
+        source = source.strip()
+        if not source:
+            items.append(_error_item(op, index, item_id, "action_request_validation_exception",
+                                     f"bulk line {number - 1}: the {op} action has no document after it; send each "
+                                     "document on the line after its action"))
             continue
         add_position(len(items))
         add_item({op: {"_index": index, "_id": item_id, "_version": 1, "result": "created", "status": _CREATED}})
-        add_record(map_document(doc, index))
+        add_document(source)
+        add_index(index)
+        add_line(number)
     if not items:
         raise BadRequest("bulk body has no actions; send NDJSON action lines, each index/create followed by its "
                          "document")
@@ -225,11 +172,13 @@ def parse_bulk(body: bytes, default_index: str | None = None) -> BulkRequest:
 
 
 def bulk_response(request: BulkRequest, rejected: Mapping[int, str], took_ms: int) -> dict[str, Any]:
-    """The Elasticsearch bulk answer: one item per action in order.  ``rejected`` maps a record
-    position to why normalization refused it; those items become 400s (``request.items`` is updated)."""
+    """The Elasticsearch bulk answer: one item per action in order.  ``rejected`` maps a document's
+    position to why parsing or normalization refused it; those items become 400s naming the bulk
+    line (``request.items`` is updated)."""
     items = request.items
     for position, reason in rejected.items():
         index = request.positions[position]
         op, item = next(iter(items[index].items()))
-        items[index] = _error_item(op, item["_index"], item["_id"], "mapper_parsing_exception", reason)
+        items[index] = _error_item(op, item["_index"], item["_id"], "mapper_parsing_exception",
+                                   f"the document on bulk line {request.lines[position]}: {reason}")
     return {"took": took_ms, "errors": request.errors or bool(rejected), "items": items}

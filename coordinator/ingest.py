@@ -35,7 +35,7 @@ from coordinator.router import route, route_lines
 from coordinator.supervisor import Supervisor
 from coordinator.textlog import TextParser, TextRecord
 from storage.errors import BadRecord, BadRequest, Overloaded, ShardUnavailable
-from storage.jsonlines import json_error, limits_to_wire
+from storage.jsonlines import ecs_raws, json_error, limits_to_wire
 from storage.record import normalize_record
 
 log = logging.getLogger("shardlog.ingest")
@@ -175,14 +175,30 @@ class Ingest:
         return {"accepted": batch.accepted, "rejected": batch.rejected,
                 **({"dropped": batch.dropped} if batch.dropped else {})}
 
+    async def ingest_documents(self, documents: list[bytes], indexes: list[str], *,
+                               idempotency_key: str | None = None) -> dict[str, Any]:
+        """Elasticsearch bulk documents (JSON texts, unparsed; coordinator.esbulk) with their indexes,
+        numbered from 1 in the order given: mapped from ECS (storage.ecs), normalized and stored —
+        by the shards when they parse, else here."""
+        if self.parse_in_shards and not self.hooks.active:
+            parts, n_routed = route_lines(documents, self.n_shards)  # type: ignore[misc]  # all bytes
+            extra = [{"ecs_indexes": [indexes[number - 1] for number in numbers]} for _, numbers in parts]
+            return await self._ingest_routed(parts, n_routed, 1, max(len(documents), 1), idempotency_key, [],
+                                             extra=extra)
+        raws, numbers, rejected = ecs_raws(documents, indexes)
+        for _ in rejected:
+            self.metrics.rejected.labels("json").inc()
+        return await self.ingest(raws, idempotency_key=idempotency_key, line_numbers=numbers, pre_rejected=rejected)
+
     async def _ingest_routed(self, parts: list[tuple[list[bytes], list[int]]], n_routed: int, lowest: int,
-                             highest: int, idempotency_key: str | None,
-                             pre_rejected: list[dict[str, Any]]) -> dict[str, Any]:
+                             highest: int, idempotency_key: str | None, pre_rejected: list[dict[str, Any]],
+                             extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """JSON texts routed unparsed: each shard parses, validates and normalizes its share
         (storage.jsonlines, the same code and wording as ``parse_lines`` + ``normalize``) and answers
         with its rejections.  Spreads the parsing over the shard processes instead of doing it all in
         the coordinator's one loop — the largest part of ingest CPU before storing.  Line numbers are
-        distinct, from ``lowest`` to ``highest``; a record's id is its number plus a per-request base."""
+        distinct, from ``lowest`` to ``highest``; a record's id is its number plus a per-request base.
+        ``extra[i]``: more arguments for shard i's frame."""
         self._check_request(n_routed, idempotency_key)
         started = time.perf_counter()
         await self._admit(n_routed)
@@ -191,7 +207,8 @@ class Ingest:
             follow = self.follow.followed()
             common = {"id_base": ids.start - lowest, "now_ns": time.time_ns(), "limits": self._limits_wire,
                       **({"return_records": True} if follow else {})}
-            results = await self._store([(i, "ingest_lines", {"lines": lines, "numbers": numbers, **common})
+            results = await self._store([(i, "ingest_lines", {"lines": lines, "numbers": numbers, **common,
+                                                               **(extra[i] if extra else {})})
                                          for i, (lines, numbers) in enumerate(parts) if lines], idempotency_key)
         finally:
             await self._release(n_routed)

@@ -68,6 +68,10 @@ class Service:
         """``Ingest.ingest_lines``: JSON or text lines."""
         return await self.intake.ingest_lines(lines, fmt, **options)
 
+    async def ingest_documents(self, documents: list[bytes], indexes: list[str], **options: Any) -> dict[str, Any]:
+        """``Ingest.ingest_documents``: Elasticsearch bulk documents."""
+        return await self.intake.ingest_documents(documents, indexes, **options)
+
     async def _rpc_ingest(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.ingest(args.get("records"), idempotency_key=args.get("idempotency_key"),
                                  first_line=_first_line(args))

@@ -156,12 +156,12 @@ class ShipperRoutes:
         body = await self.api._body(request)
         parsed = esbulk.parse_bulk(body, request.match_info.get("index"))
         rejected: dict[int, str] = {}
-        if parsed.records:
+        if parsed.documents:
             key = request.headers.get("Idempotency-Key")
             if key is None and parsed.all_ids:
                 key = _body_key("es-bulk", request, body)
-            result = await self.service.ingest(parsed.records, idempotency_key=key, json_native=True)
-            # Service numbers records from 1 in the order given
+            result = await self.service.ingest_documents(parsed.documents, parsed.indexes, idempotency_key=key)
+            # documents are numbered from 1 in the order given
             rejected = {r["line"] - 1: r["reason"] for r in result["rejected"]}
         took_ms = int((time.perf_counter() - started) * 1000)
         return _es_json(esbulk.bulk_response(parsed, rejected, took_ms))

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import orjson
 
+from storage.ecs import map_document
 from storage.errors import BadRecord, BadRequest
 from storage.record import DEFAULT_LIMITS, Limits, normalize_record
 
@@ -28,32 +29,62 @@ def json_error(exc: Exception) -> str:
 
 
 def normalize_lines(lines: Sequence[bytes | str], numbers: Sequence[int], *, id_base: int, now_ns: int,
-                    limits: Limits = DEFAULT_LIMITS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(records, rejections) for JSON lines that are stripped and not blank.
+                    limits: Limits = DEFAULT_LIMITS, ecs_indexes: Sequence[str] | None = None,
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[bytes | str]]:
+    """(records, rejections, texts) for JSON texts that are stripped and not blank.
 
     ``numbers[i]`` is the request's line number of ``lines[i]``; the record of that line gets the
     id ``id_base + numbers[i]``, so ids follow the lines of the request and stay unique across
-    shards.  A rejection is ``{"line": number, "reason": text}``, in line order."""
-    if len(lines) != len(numbers):
-        raise BadRequest(f"{len(lines)} lines but {len(numbers)} line numbers; send one number per line")
+    shards.  A rejection is ``{"line": number, "reason": text}``, in line order.  ``texts[k]`` is the
+    JSON text ``records[k]`` normalizes from (its line; for ECS documents, the mapped document),
+    what a WAL keeps to replay the batch.  With ``ecs_indexes`` the lines are Elastic Common Schema
+    documents, mapped first (``storage.ecs``) with ``ecs_indexes[i]`` as the fallback source."""
+    if len(lines) != len(numbers) or (ecs_indexes is not None and len(ecs_indexes) != len(lines)):
+        raise BadRequest(f"{len(lines)} lines but {len(numbers)} line numbers"
+                         + (f" and {len(ecs_indexes)} indexes" if ecs_indexes is not None else "")
+                         + "; send one of each per line")
     if numbers and not (_I64_MIN <= id_base + min(numbers) and id_base + max(numbers) <= _I64_MAX):
         raise BadRequest(f"ids id_base + line number ({id_base} + {min(numbers)}..{max(numbers)}) must be "
                          "64-bit signed integers")
     loads = orjson.loads
     records: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    for line, number in zip(lines, numbers):
+    texts: list[bytes | str] = []
+    for index, (line, number) in enumerate(zip(lines, numbers)):
         try:
-            record = normalize_record(loads(line), now_ns=now_ns, limits=limits)
+            raw = loads(line)
+            if ecs_indexes is not None and type(raw) is dict:
+                line = orjson.dumps(map_document(raw, ecs_indexes[index]))
+            record = normalize_record(raw, now_ns=now_ns, limits=limits)
         except orjson.JSONDecodeError as exc:
             rejected.append({"line": number, "reason": json_error(exc)})
             continue
-        except BadRecord as exc:
-            rejected.append({"line": number, "reason": exc.message})
+        except (BadRecord, orjson.JSONEncodeError) as exc:
+            rejected.append({"line": number, "reason": getattr(exc, "message", str(exc))})
             continue
         record["id"] = id_base + number
         records.append(record)
-    return records, rejected
+        texts.append(line)
+    return records, rejected, texts
+
+
+def ecs_raws(documents: Sequence[bytes], indexes: Sequence[str], first: int = 1,
+             ) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
+    """ECS documents parsed and mapped but not normalized (for the coordinator, which runs hooks
+    before normalizing): (raw records, their numbers from ``first``, rejections of unparsable ones,
+    worded as ``normalize_lines`` words them)."""
+    raws: list[Any] = []
+    numbers: list[int] = []
+    rejected: list[dict[str, Any]] = []
+    for number, (document, index) in enumerate(zip(documents, indexes), start=first):
+        try:
+            raw = orjson.loads(document)
+        except orjson.JSONDecodeError as exc:
+            rejected.append({"line": number, "reason": json_error(exc)})
+            continue
+        raws.append(map_document(raw, index) if type(raw) is dict else raw)
+        numbers.append(number)
+    return raws, numbers, rejected
 
 
 def replay_lines(entry: Any) -> list[dict[str, Any]]:
@@ -69,8 +100,8 @@ def replay_lines(entry: Any) -> list[dict[str, Any]]:
             or type(id_base) is not int or type(now_ns) is not int:
         raise ValueError("a JSON-lines WAL entry has lines, numbers, id_base or now_ns of the wrong type")
     try:
-        records, rejected = normalize_lines(lines, numbers, id_base=id_base, now_ns=now_ns,
-                                            limits=limits_from_wire(entry["limits"]))
+        records, rejected, _ = normalize_lines(lines, numbers, id_base=id_base, now_ns=now_ns,
+                                               limits=limits_from_wire(entry["limits"]))
     except BadRequest as exc:
         raise ValueError(exc.message) from None
     if not rejected:

@@ -75,7 +75,7 @@ def _routed(lines: list[Any], first_line: int, n_shards: int) -> tuple[list[dict
     records: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for part_lines, numbers in parts:
-        stored, refused = normalize_lines(part_lines, numbers, id_base=10_000, now_ns=NOW_NS, limits=LIMITS)
+        stored, refused, _ = normalize_lines(part_lines, numbers, id_base=10_000, now_ns=NOW_NS, limits=LIMITS)
         records += stored
         rejected += refused
     records.sort(key=lambda r: r["id"])
@@ -111,7 +111,7 @@ def test_records_parsed_from_json_normalize_alike_after_a_trip_through_json_text
     parts, _ = route_lines(texts, 3, numbers=list(range(1, len(raws) + 1)))
     records, rejected = [], []
     for part_lines, numbers in parts:
-        stored, refused = normalize_lines(part_lines, numbers, id_base=0, now_ns=NOW_NS, limits=LIMITS)
+        stored, refused, _ = normalize_lines(part_lines, numbers, id_base=0, now_ns=NOW_NS, limits=LIMITS)
         records += stored
         rejected += refused
     records.sort(key=lambda r: r.pop("id"))

@@ -249,7 +249,7 @@ def test_the_bulk_helper_gets_per_item_errors_for_rejected_documents(daemon: Dae
 
 
 def bulk_body(*lines: Any) -> bytes:
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
 
 
 def test_raw_bulk_requests_gzip_index_path_and_malformed_lines(daemon: Daemon, http: Http) -> None:
@@ -269,6 +269,15 @@ def test_raw_bulk_requests_gzip_index_path_and_malformed_lines(daemon: Daemon, h
     # no timestamps: both get the same ingest time, and ids (assigned in request order) break the tie
     assert [(log["message"], log["level"], log["metadata"].get("host")) for log in stored] == [
         ("via path", "WARN", None), ("second", "INFO", "h")]
+    # a document that is not JSON, or not an object, is a per-item 400 naming its bulk line
+    status, _, answer = http.request("POST", f"/{index}/_bulk", bulk_body({"index": {}}, b"{broken", {"create": {}},
+                                                                          [1], {"index": {}}, {"message": "third"}),
+                                     {"Content-Type": "application/x-ndjson"})
+    items = [next(iter(item.values())) for item in json.loads(answer)["items"]]
+    assert status == 200 and [item["status"] for item in items] == [400, 400, 201]
+    assert items[0]["error"]["type"] == "mapper_parsing_exception"
+    assert items[0]["error"]["reason"].startswith("the document on bulk line 2: not valid JSON")
+    assert "bulk line 4: record must be a JSON object" in items[1]["error"]["reason"]
     # a line that cannot be an action fails the whole request with a 400 in Elasticsearch's shape
     status, headers, answer = http.request("POST", "/_bulk", bulk_body({"index": {}}, {"message": "m"}) + b"{oops\n",
                                            {"Content-Type": "application/x-ndjson"})
@@ -281,7 +290,7 @@ def test_raw_bulk_requests_gzip_index_path_and_malformed_lines(daemon: Daemon, h
     status, _, answer = http.request("POST", f"/{index}/_bulk", bulk_body({"index": {}}, {"message": "after"}),
                                      {"Content-Type": "application/x-ndjson"})
     assert status == 200 and json.loads(answer)["errors"] is False
-    assert count(daemon, f"source:{index}") == 3
+    assert count(daemon, f"source:{index}") == 4
 
 
 def test_a_resent_bulk_with_ids_is_stored_once_without_ids_twice(daemon: Daemon, http: Http) -> None:
