@@ -396,13 +396,24 @@ def _json_values(values: Any, where: str, fields: StreamFields, records: list[di
         if type(value) is not list or not 2 <= len(value) <= 3:
             raise BadRequest(f"Loki push: {where}.values[{index}] is {_shown(value)}; expected "
                              '["<ns timestamp>", "<line>"] or ["<ns>", "<line>", {structured metadata}]')
-        ts_text = _json_ns(value[0], f"{where}.values[{index}][0]")
+        # the common shapes are checked inline; the wording helpers (and their f-strings) run only
+        # for the rest: this loop runs once per shipped log line
+        ts_value = value[0]
+        if type(ts_value) is str and len(ts_value) == 19 and ts_value.isascii() and ts_value.isdigit() \
+                and ts_value[0] != "0":
+            ts_text = ts_value  # 19 digits: ns since 1973, inside int64 (read as ns by magnitude)
+        else:
+            ts_text = _json_ns(ts_value, f"{where}.values[{index}][0]")
         line = value[1]
         if type(line) is not str:
             line = _json_text(line, f"{where}.values[{index}][1]", "a log line")
         structured = None
-        if len(value) == 3 and value[2] is not None:
-            structured = _json_labels(value[2], f"{where}.values[{index}][2]")
+        if len(value) == 3:
+            pairs = value[2]
+            if type(pairs) is dict and all(type(v) is str for v in pairs.values()):
+                structured = dict(pairs)
+            elif pairs is not None:
+                structured = _json_labels(pairs, f"{where}.values[{index}][2]")
         records.append(_record(fields, ts_text, line, structured))
 
 

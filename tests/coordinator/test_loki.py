@@ -262,3 +262,27 @@ def test_arbitrary_json_shapes_decode_or_raise_bad_request_only(value: Any) -> N
         return
     for raw in push.records:
         normalized(raw)  # every decoded record is one normalization accepts or rejects itself
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789\u0661 ", min_size=17, max_size=21),
+       st.one_of(st.none(), st.dictionaries(st.sampled_from(["a", "b", "trace_id"]),
+                                            st.one_of(st.text(max_size=4), st.integers(-(1 << 63), (1 << 63) - 1),
+                                                      st.none(), st.booleans()),
+                                            max_size=3)))
+def test_the_inline_json_checks_agree_with_the_wording_helpers(ts: str, structured: dict[str, Any] | None) -> None:
+    """The per-line fast checks of decode_json (19-digit ns text, all-string structured metadata) take
+    exactly what the helpers take, and leave everything else to them."""
+    body = orjson.dumps({"streams": [{"stream": {"app": "x"}, "values": [[ts, "line", structured]]}]})
+    try:
+        want_ts = loki._json_ns(ts, "streams[0].values[0][0]")
+        want_meta = None if structured is None else loki._json_labels(structured, "streams[0].values[0][2]")
+    except BadRequest as exc:
+        with pytest.raises(BadRequest) as caught:
+            loki.decode_json(body)
+        assert caught.value.message == exc.message
+        return
+    record = loki.decode_json(body).records[0]
+    assert record["timestamp"] == want_ts
+    assert {k: v for k, v in record["metadata"].items() if k != "app"} == {
+        k: v for k, v in (want_meta or {}).items() if k not in loki.LEVEL_LABELS}
