@@ -14,7 +14,7 @@ TOML keys (all optional; the environment variable is ``SHARDLOG_`` + the upper-c
     token = ""                       # bearer token; required to listen on a non-loopback address
     query_timeout = "30s"            # per-request deadline across all shards
     max_batch_records = 100000       # records in one ingest request
-    parse_in = "auto"                # where records are parsed: "shards", "coordinator", or "auto"
+    parse_in = "shards"              # where records are parsed: "shards" or "coordinator"
     max_body_bytes = 67108864        # HTTP / TCP request body limit
     block_records = 1024             # records per sealed block
     max_store_bytes = 1099511627776  # per shard store size cap (StoreFull beyond)
@@ -124,9 +124,8 @@ class Config:
     #: pre-ingest hooks, "module:function" each, run in this order (coordinator.hooks)
     hooks: tuple[str, ...] = ()
     #: where ingested records are parsed and normalized: "shards" (JSON texts routed unparsed, each
-    #: shard parses its share), "coordinator", or "auto": the shards when there is a shard per CPU
-    #: core (the default shard count), else the coordinator, which then has a core of its own
-    parse_in: str = "auto"
+    #: shard parses its share; docs/design.md "Ingest") or "coordinator" (DESIGN §3's flow)
+    parse_in: str = "shards"
 
     @property
     def socket(self) -> Path:
@@ -140,7 +139,7 @@ _INT_KEYS = ("shards", "max_batch_records", "max_body_bytes", "max_inflight_reco
 _ADDR_KEYS = ("http", "tcp", "syslog")
 _TEXT_KEYS = ("data_dir", "token", "log_level", "socket")
 #: key -> its allowed values
-_CHOICE_KEYS = {"parse_in": ("auto", "shards", "coordinator")}
+_CHOICE_KEYS = {"parse_in": ("shards", "coordinator")}
 #: tables/arrays only the config file can give
 _FILE_ONLY_KEYS = {"limits", "alerts", "notify"}
 KNOWN_KEYS = set(_DURATION_KEYS) | set(_INT_KEYS) | set(_ADDR_KEYS) | set(_TEXT_KEYS) | set(_CHOICE_KEYS) \

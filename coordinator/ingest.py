@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -79,8 +78,7 @@ class Ingest:
                                 limits=config.limits)
         self._limits_wire = limits_to_wire(config.limits)
         #: records parsed and normalized by the shards (config parse_in; docs/design.md "Ingest")
-        self.parse_in_shards = config.parse_in == "shards" or (
-            config.parse_in == "auto" and self.n_shards >= (os.cpu_count() or 1))
+        self.parse_in_shards = config.parse_in == "shards"
 
     # --- ids ---------------------------------------------------------------------------------
 

@@ -62,20 +62,15 @@ def test_limits_table(tmp_path: Path) -> None:
 
 
 def test_parse_in_is_one_of_its_choices() -> None:
-    assert load_config(env={}).parse_in == "auto"
+    assert load_config(env={}).parse_in == "shards"
     assert load_config(env={"SHARDLOG_PARSE_IN": "coordinator"}).parse_in == "coordinator"
-    with pytest.raises(ConfigError, match="parse_in 'shard' must be one of auto, shards, coordinator"):
+    with pytest.raises(ConfigError, match="parse_in 'shard' must be one of shards, coordinator"):
         load_config(env={"SHARDLOG_PARSE_IN": "shard"})
 
 
-@pytest.mark.parametrize("setting, shards, cpus, in_shards", [
-    ("auto", 2, 2, True), ("auto", 4, 2, True), ("auto", 1, 2, False), ("auto", 2, 8, False),
-    ("shards", 1, 8, True), ("coordinator", 8, 2, False),
-])
-def test_where_records_are_parsed(monkeypatch: pytest.MonkeyPatch, setting: str, shards: int, cpus: int,
-                                     in_shards: bool) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: cpus)
-    supervisor: Any = types.SimpleNamespace(slots=[None] * shards)
+@pytest.mark.parametrize("setting, in_shards", [("shards", True), ("coordinator", False)])
+def test_where_records_are_parsed(setting: str, in_shards: bool) -> None:
+    supervisor: Any = types.SimpleNamespace(slots=[None, None])
     service = Service(Config(parse_in=setting), supervisor, Metrics(), data_dir="/nonexistent")
     assert service.intake.parse_in_shards is in_shards
 
