@@ -4,8 +4,10 @@ Two ways, chosen by the request and the config alone (docs/design.md "Ingest"):
 
 - parsed here: parse -> normalize + validate (storage.record) -> hooks -> stamp ids -> route by stable
   hash (coordinator.router) -> one msgpack frame per shard;
-- parsed by the shards (``parse_in``): JSON texts routed unparsed (``route_lines``), each shard
-  parses and normalizes its share (storage.jsonlines), which spreads the costliest step over the cores.
+- parsed by the shards (``parse_in = shards``, the default, unless hooks are configured): JSON texts —
+  JSON lines, Elasticsearch bulk documents, and records parsed here from Loki, text or syslog written
+  back as JSON — routed unparsed (``route_lines``); each shard parses and normalizes its share
+  (storage.jsonlines), which spreads the costliest step of ingest over the cores.
 
 Either way the frames go to their shards concurrently and the client is acknowledged after every shard
 committed.  Each per-shard frame carries an idempotency key — the client's key plus the shard number,
@@ -150,7 +152,8 @@ class Ingest:
         self._check_request(len(raws), idempotency_key)
         if json_native and self.parse_in_shards and not self.hooks.active:
             numbers = line_numbers if line_numbers is not None else range(first_line, first_line + len(raws))
-            texts = _json_texts(raws) if len(set(numbers)) == len(numbers) else None
+            distinct = line_numbers is None or len(set(line_numbers)) == len(line_numbers)
+            texts = _json_texts(raws) if distinct else None
             if texts is not None:
                 del raws
                 routed = route_lines(texts, self.n_shards, numbers=numbers)

@@ -1,9 +1,12 @@
-"""JSON lines -> normalized records: the parse-and-validate step of ingest, in one place.
+"""JSON texts -> normalized records: the parse-and-validate step of ingest, in one place.
 
-The coordinator routes the lines of a JSON-lines request to the shards unparsed
-(``coordinator.router.route_lines``) and each shard runs ``normalize_lines`` on its share; the
-coordinator's general path (text, hooks, followers) words its JSON errors with ``json_error``.
-Both therefore reject the same lines with the same reasons.
+With ``parse_in = shards`` (the default) the coordinator routes JSON texts to the shards unparsed —
+the lines of a JSON-lines request, Elasticsearch bulk documents (mapped from ECS here, with
+``ecs_indexes``), and records it parsed itself from Loki, text or syslog, written back as JSON —
+and each shard runs ``normalize_lines`` on its share.  The coordinator's own parsing (``parse_in =
+coordinator``, hooks) words JSON errors with ``json_error`` and maps ECS documents with ``ecs_raws``,
+so both places reject the same lines with the same reasons.  ``replay_lines`` rebuilds a WAL entry
+stored as texts.
 
 Pure: no I/O, no clocks (the caller passes ``now_ns``, the ingest time of the request).
 """
