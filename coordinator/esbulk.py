@@ -113,7 +113,7 @@ def _error_item(op: str, index: str, doc_id: str, kind: str, reason: str) -> dic
 
 
 def parse_bulk(body: bytes, default_index: str | None = None) -> BulkRequest:
-    """A bulk body -> answer items and raw records (see the module docstring).  BadRequest for a line
+    """A bulk body -> answer items and unparsed documents (see the module docstring).  BadRequest for a line
     that cannot be an action, or a body with no action at all."""
     request = BulkRequest()
     items, positions = request.items, request.positions
