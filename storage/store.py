@@ -7,14 +7,15 @@ Write path (one writer thread owns every LMDB write transaction):
                                    fsync, then acknowledge all of them together (group commit)
     sealer: when the tail holds >= block_records (or is older than seal_after_s), build a block
             from its oldest rows; the writer stores it in its next txn, deleting fully sealed WAL
-            entries and recording how many rows of a partly sealed one are done (wal_done)
+            entries and recording how many rows of a partly sealed one are done (wal_done); the
+            sealer builds the next block meanwhile (one block queued at a time, see ``_seal``)
 
 Read path: a snapshot of (blocks overlapping the time bounds, the unsealed tail) is taken under
 ``_state_lock``; the blocks are then read in one read transaction (``storage.search``).
 
 Locking rules:
 * ``_state_lock`` guards ``_tree``, ``_headers``, ``_blooms``, ``_tail`` (and each entry's
-  ``start``) and ``_tail_records``;
+  ``start``), ``_tail_records`` and ``_sealing_records``;
   the writer changes them only after the LMDB commit that makes the change durable succeeded, so
   a snapshot never shows a block whose data a read transaction could miss, and never shows a
   record twice (in a block and in the tail).
@@ -216,6 +217,8 @@ class Store:
         self._blooms: dict[int, bytes] = {}
         self._tail: list[_WalEntry] = []  # unsealed batches, oldest first
         self._tail_records = 0
+        #: the oldest unsealed rows claimed by a block being built or committed (not yet shown)
+        self._sealing_records = 0
         self._tail_since = 0.0  # monotonic time the oldest unsealed record arrived
         self._pending_records = 0
         self._pending_lock = threading.Lock()
@@ -457,6 +460,8 @@ class Store:
                 self._pending_records -= total
             error = exc if isinstance(exc, ShardlogError) else StoreFull(str(exc)) if isinstance(
                 exc, lmdb.MapFullError) else ShardlogError(f"commit failed in {self.path}: {exc}")
+            with self._state_lock:  # the rows of failed blocks are the sealer's to claim again
+                self._sealing_records -= sum(seal.arg[2] for seal in seals)
             for task in tasks + seals:
                 task.future.set_exception(error)
             if not isinstance(exc, Exception):
@@ -479,31 +484,68 @@ class Store:
             seal.future.set_result(None)
 
     def _seal(self, *, force: bool) -> None:
+        """Seal the tail's oldest rows, a block at a time, while there is a block's worth (or any,
+        when ``force`` or when the oldest row waited ``seal_after_s``).
+
+        Pipelined: block k+1 is built while the writer commits block k (an fsync), instead of
+        waiting for it; measured, the wait was ~5 ms per block against ~8.5 ms of building.  At
+        most one block is queued at a time, and block k+1 is queued only once block k committed, so
+        the writer never stores a block whose predecessor failed; the rows a built block claims are
+        counted in ``_sealing_records`` until it is shown (or failed) and skipped by the next claim."""
         block_records = self.config.block_records
-        while True:
-            with self._state_lock:
-                aged = self._tail and time.monotonic() - self._tail_since >= self.config.seal_after_s
-                if not self._tail or (self._tail_records < block_records and not force and not aged):
-                    return
-                # (entry, first row, end row) of the oldest unsealed rows, up to one block
-                taken: list[tuple[_WalEntry, int, int]] = []
-                count = 0
-                for entry in self._tail:
-                    if count >= block_records:
+        queued: _Task | None = None
+        try:
+            while True:
+                with self._state_lock:
+                    claimed = self._sealing_records
+                    unclaimed = self._tail_records - claimed
+                    aged = unclaimed > 0 and time.monotonic() - self._tail_since >= self.config.seal_after_s
+                    if unclaimed <= 0 or (unclaimed < block_records and not force and not aged):
                         break
-                    end = min(len(entry.records), entry.start + block_records - count)
-                    taken.append((entry, entry.start, end))
-                    count += end - entry.start
-            records = [r for entry, start, end in taken for r in entry.records[start:end]]
-            sealed = build_block(records, self._next_block_id)
-            self._next_block_id += 1
-            # the writer stores it in its next transaction, together with pending ingest batches
-            task = _Task("seal", arg=(sealed, taken, count))
-            self._queue.put(task)
-            task.future.result()
-            self._maybe_release_pages()
-            if not force and self._tail_records < block_records:
-                return
+                    taken = self._claim(claimed, block_records)
+                    count = sum(end - start for _, start, end in taken)
+                    self._sealing_records += count
+                try:
+                    records = [r for entry, start, end in taken for r in entry.records[start:end]]
+                    sealed = build_block(records, self._next_block_id)
+                    if queued is not None:
+                        queued, previous = None, queued
+                        previous.future.result()  # raises if it failed: then this block is dropped
+                        self._maybe_release_pages()
+                except BaseException:
+                    with self._state_lock:
+                        self._sealing_records -= count
+                    raise
+                self._next_block_id += 1
+                # the writer stores it in its next transaction, together with pending ingest batches
+                queued = _Task("seal", arg=(sealed, taken, count))
+                self._queue.put(queued)
+                if count < block_records and not force:
+                    break  # an aged partial block: the rest waits for a full block or its own age
+        finally:
+            if queued is not None:
+                queued.future.result()
+                self._maybe_release_pages()
+
+    def _claim(self, skip: int, block_records: int) -> list[tuple[_WalEntry, int, int]]:
+        """(entry, first row, end row) of up to one block of the oldest unsealed rows after the
+        ``skip`` rows that blocks being committed already claimed (call under ``_state_lock``)."""
+        taken: list[tuple[_WalEntry, int, int]] = []
+        count = 0
+        for entry in self._tail:
+            start = entry.start
+            available = len(entry.records) - start
+            if skip >= available:
+                skip -= available
+                continue
+            start += skip
+            skip = 0
+            end = min(len(entry.records), start + block_records - count)
+            taken.append((entry, start, end))
+            count += end - start
+            if count >= block_records:
+                break
+        return taken
 
     def _put_block(self, txn: lmdb.Transaction, sealed: SealedBlock, taken: list[tuple[_WalEntry, int, int]],
                    count: int) -> None:
@@ -537,6 +579,7 @@ class Store:
         while self._tail and self._tail[0].start >= len(self._tail[0].records):
             del self._tail[0]
         self._tail_records -= count
+        self._sealing_records -= count
         self._tail_since = time.monotonic()
         self._headers[header.block_id] = header
         self._totals.add(header)
