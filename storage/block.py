@@ -7,7 +7,7 @@ is time order and a time range inside a block is a contiguous row range — and 
   columns it needs;
 * a posting list per term that occurs in at least two rows (plus every level / source / tag term);
 * a bloom filter over all other terms of the block (message tokens, ids, metadata values): a query
-  skips a block whose filter lacks a term it needs without reading anything; terms that occur in a
+  skips a block whose filter lacks a term it needs without reading its columns; terms that occur in a
   single row have no posting list, so for them a bloom hit means "check the rows";
 * the header (``storage.header.BlockHeader``).
 
