@@ -7,7 +7,7 @@ is time order and a time range inside a block is a contiguous row range — and 
   columns it needs;
 * a posting list per term that occurs in at least two rows (plus every level / source / tag term);
 * a bloom filter over all other terms of the block (message tokens, ids, metadata values): a query
-  skips a block whose filter lacks a term it needs without reading anything; terms that occur in a
+  skips a block whose filter lacks a term it needs without reading its columns; terms that occur in a
   single row have no posting list, so for them a bloom hit means "check the rows";
 * the header (``storage.header.BlockHeader``).
 
@@ -34,7 +34,7 @@ import zstandard
 from storage import layout
 from storage.bloom import build_bloom
 from storage.errors import CorruptData
-from storage.header import MINUTE_NS, BlockHeader
+from storage.header import MINUTE_NS, BlockHeader, interned_counts
 from storage.postings import encode_postings
 from storage.tokens import _TOKEN_RE, ASCII_TOKEN_TABLE
 
@@ -213,7 +213,7 @@ def _minute_level_counts(ts: list[int], levels: list[str]) -> dict[int, dict[str
     while lo < n:
         minute = ts[lo] // MINUTE_NS
         hi = bisect_left(ts, (minute + 1) * MINUTE_NS, lo)
-        out[minute] = dict(Counter(levels[lo:hi]))
+        out[minute] = interned_counts(Counter(levels[lo:hi]))
         lo = hi
     return out
 
@@ -272,8 +272,8 @@ def build_block(records: Iterable[Mapping[str, Any]], block_id: int) -> SealedBl
     for row_tags in tags:
         for tag in set(row_tags):
             tag_counts[tag] = tag_counts.get(tag, 0) + 1
-    header = BlockHeader(block_id, ts[0], ts[-1], n, level_counts, source_counts, tag_counts,
-                         _minute_level_counts(ts, levels))
+    header = BlockHeader(block_id, ts[0], ts[-1], n, interned_counts(level_counts), interned_counts(source_counts),
+                         interned_counts(tag_counts), _minute_level_counts(ts, levels))
     return SealedBlock(header, columns, postings, bloom)
 
 

@@ -1,10 +1,11 @@
 """Per-block bloom filters over a block's terms (DESIGN §4).
 
 Every message token, id and metadata term of a block goes into the block's bloom filter (level,
-source and tag values are counted in the block header instead).  Queries ask the filters first,
-in memory, so a block that lacks a needed term is skipped without a single LMDB read; terms that
-occur in one row only (~60 % of a block's distinct terms: ids, numbers, addresses) have no posting
-list, so for them a hit means "decode this block and check".
+source and tag values are counted in the block header instead).  Queries ask the filters first
+(read from the LMDB map, one small read per block: ``storage.search.prefilter``), so a block that
+lacks a needed term is skipped without reading its postings or columns; terms that occur in one
+row only (~60 % of a block's distinct terms: ids, numbers, addresses) have no posting list, so for
+them a hit means "decode this block and check".
 
 Layout of a stored filter: ``u32 m_bits (BE) ‖ bitmap`` with bit ``p`` in byte ``p >> 3``, mask
 ``1 << (p & 7)``.  Positions come by double hashing (Kirsch & Mitzenmacher) from h1 = crc32(term)

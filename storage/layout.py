@@ -146,8 +146,13 @@ def posting_key(block_id: int, term: str) -> tuple[bytes, bool]:
     return U64.pack(block_id) + raw, exact
 
 
+#: a block's key in headers and blooms, and the prefix of its keys in columns and postings
+#: (``block_prefix``); a loop over many blocks binds ``BLOCK_KEY.pack`` once
+BLOCK_KEY = U64
+
+
 def block_prefix(block_id: int) -> bytes:
-    return U64.pack(block_id)
+    return BLOCK_KEY.pack(block_id)
 
 
 def idem_age_key(ts_ns: int, key: bytes) -> bytes:

@@ -14,12 +14,12 @@ Read path: a snapshot of (blocks overlapping the time bounds, the unsealed tail)
 ``_state_lock``; the blocks are then read in one read transaction (``storage.search``).
 
 Locking rules:
-* ``_state_lock`` guards ``_tree``, ``_headers``, ``_blooms``, ``_tail`` (and each entry's
-  ``start``), ``_tail_records`` and ``_sealing_records``;
+* ``_state_lock`` guards ``_tree``, ``_headers``, ``_tail`` (and each entry's ``start``),
+  ``_tail_records`` and ``_sealing_records``;
   the writer changes them only after the LMDB commit that makes the change durable succeeded, so
   a snapshot never shows a block whose data a read transaction could miss, and never shows a
   record twice (in a block and in the tail).
-* Only the writer thread touches ``_next_seq`` and ``_next_block_id``.
+* Only the writer thread touches ``_next_seq``, and only the sealer ``_next_block_id``.
 """
 
 from __future__ import annotations
@@ -213,8 +213,9 @@ class Store:
         self._cache = LruCache(self.config.cache_bytes)
         self._state_lock = threading.Lock()
         self._tree = IntervalTree()
+        #: every sealed block's header (queries prune by their counts on every block); the blocks'
+        #: bloom filters are not held here: a query reads them from the map (storage.search)
         self._headers: dict[int, BlockHeader] = {}
-        self._blooms: dict[int, bytes] = {}
         self._tail: list[_WalEntry] = []  # unsealed batches, oldest first
         self._tail_records = 0
         #: the oldest unsealed rows claimed by a block being built or committed (not yet shown)
@@ -262,8 +263,6 @@ class Store:
                 self._headers[header.block_id] = header
                 self._totals.add(header)
                 items.append((header.min_ts, header.max_ts, header.block_id))
-            for key, value in txn.cursor(db=self._dbs[layout.DB_BLOOMS]):
-                self._blooms[layout.read_u64(key)] = bytes(value)
             done = {layout.read_u64(k): layout.U32.unpack(v)[0]
                     for k, v in txn.cursor(db=self._dbs[layout.DB_WAL_DONE])}
             for key, value in txn.cursor(db=self._dbs[layout.DB_WAL]):
@@ -583,7 +582,6 @@ class Store:
         self._tail_since = time.monotonic()
         self._headers[header.block_id] = header
         self._totals.add(header)
-        self._blooms[header.block_id] = sealed.bloom
         self._tree.insert(header.min_ts, header.max_ts, header.block_id)
 
     def _drop_before(self, cutoff_ns: int, batch_blocks: int = 16) -> dict[str, int]:
@@ -603,7 +601,6 @@ class Store:
                     header = self._headers.pop(block_id)
                     self._totals.remove(header)
                     dropped_records += header.count
-                    self._blooms.pop(block_id, None)
 
             def fill(txn: lmdb.Transaction) -> None:
                 for _, _, block_id in batch:
@@ -660,7 +657,7 @@ class Store:
             else:
                 headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(lo, hi)]
             tail = [r for entry in self._tail for r in entry.records[entry.start:]]
-        return Snapshot(headers, self._blooms, tail)
+        return Snapshot(headers, tail)
 
     def _visible(self, node: q.Node) -> q.Node:
         """``node`` restricted to records retention has not expired."""
@@ -718,7 +715,7 @@ class Store:
                 if edge_lo is None or edge_hi is None or edge_lo >= edge_hi:
                     continue
                 headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(edge_lo, edge_hi)]
-                edges.append((q.and_nodes(node, q.TimeRange(edge_lo, edge_hi)), Snapshot(headers, self._blooms, [])))
+                edges.append((q.and_nodes(node, q.TimeRange(edge_lo, edge_hi)), Snapshot(headers, [])))
             tail = [r for entry in self._tail for r in entry.records[entry.start:]]
         return whole, edges, tail
 

@@ -43,6 +43,32 @@ def test_header_round_trips_and_version_1_headers_still_decode() -> None:
     assert decoded.levels == {"INFO": 3}
 
 
+def _fresh(text: str) -> str:
+    """An equal string that is a new object (as a record decoded from the wire holds)."""
+    return "".join(list(text))
+
+
+def _names(header: BlockHeader) -> list[str]:
+    return [*header.levels, *header.sources, *header.tags,
+            *(level for counts in (header.minutes or {}).values() for level in counts)]
+
+
+def test_headers_share_one_copy_of_each_name_when_built_and_when_decoded() -> None:
+    """Every block's header stays in memory: the level, source and tag names of two headers are the
+    same objects, whether sealed here from records holding fresh copies of the strings or decoded
+    from their stored form (msgpack interns map keys; this test notices if it stops)."""
+    def records(first_id: int) -> list[dict]:
+        return [{"id": first_id + i, "ts_ns": T0_NS + i * 20 * S_NS, "level": _fresh(("INFO", "ERROR")[i % 2]),
+                 "message": "m", "source": _fresh(f"source-{i % 3}"), "tags": [_fresh("edge"), _fresh(f"t{i % 2}")],
+                 "metadata": {}, "thread_id": None, "request_id": None, "user_id": None} for i in range(8)]
+
+    built = [build_block(records(first), block_id).header for block_id, first in enumerate((0, 100))]
+    decoded = [BlockHeader.decode(header.encode()) for header in built]
+    for a, b in (built, decoded, (built[0], decoded[1])):
+        names_a = {name: name for name in _names(a)}
+        assert names_a and all(names_a[name] is name for name in _names(b)), (a, b)
+
+
 @pytest.mark.parametrize("value", [
     [2, 7, 0, 1, 1, {}, {}, {}],                      # version 2 without minutes
     [2, 7, 0, 1, 1, {}, {}, {}, {"1": {"INFO": 1}}],  # minutes as a map

@@ -396,6 +396,119 @@ def test_long_scans_release_mapped_pages_as_they_go_and_answer_the_same(tmp: Pat
         close_store(store)
 
 
+# --- bloom filters: read from the map, not held in memory ---------------------------------------
+
+
+def _needle_records(n_blocks: int, block_records: int) -> list[dict[str, Any]]:
+    """Blocks of ordinary rows; row 5 of every 7th block holds a one-row token ``needle<block>``
+    (only the bloom filter knows such a token: it has no posting list)."""
+    records = []
+    for i in range(n_blocks * block_records):
+        block, row = divmod(i, block_records)
+        message = f"needle{block} found" if row == 5 and block % 7 == 0 else f"routine row r{i}"
+        records.append(make_record(i, T0_NS + i * S_NS, message))
+    return records
+
+
+def _decoded_blocks(store: Store, run: Any) -> tuple[Any, set[int]]:
+    """``run()``'s answer and the blocks whose columns it decoded (a bloom filter rules a block out
+    before any column is read; the store's column cache is emptied first)."""
+    from storage import search
+
+    store._cache = search.LruCache(store.config.cache_bytes)
+    seen: set[int] = set()
+    column = search.View.column
+
+    def spy(view: Any, col: int) -> Any:
+        seen.add(view.header.block_id)
+        return column(view, col)
+
+    search.View.column = spy  # type: ignore[method-assign]
+    try:
+        return run(), seen
+    finally:
+        search.View.column = column  # type: ignore[method-assign]
+
+
+def _bloom_keys(store: Store) -> list[int]:
+    with store._env.read() as txn:
+        return [layout.read_u64(k) for k, _ in txn.cursor(db=store._dbs[layout.DB_BLOOMS])]
+
+
+def test_bloom_filters_prune_blocks_after_reopen_and_after_retention(tmp: Path) -> None:
+    """Blooms come from the map, so pruning works the same in a reopened store and after retention
+    dropped blocks (their filters go with them); a token only a dropped block held finds nothing."""
+    records = _needle_records(64, 16)
+    store = Store(tmp / "s", QUIET)
+    store.ingest(records)
+    store.flush()
+    close_store(store)
+    store = Store(tmp / "s", QUIET)
+    try:
+        assert _bloom_keys(store) == sorted(store._headers) and len(store._headers) == 64
+        for block in (0, 28, 63):
+            token = q.Token(f"needle{block}")
+            expected = [r["id"] for r in records if q.matches(token, r)]
+            answer, decoded = _decoded_blocks(store, lambda: store.query(token, limit=10))
+            assert [r["id"] for r in answer["rows"]] == expected
+            # the holder, and the odd false positive (~1.2 % of 64 blocks), not all 64
+            assert block in decoded and len(decoded) <= 4, decoded
+        either = q.Or((q.Token("needle14"), q.Token("needle56")))  # asked per block through View
+        count, decoded = _decoded_blocks(store, lambda: store.count(either))
+        assert count == 2 and {14, 56} <= decoded and len(decoded) <= 6, decoded
+
+        dropped = store.drop_before(T0_NS + 32 * 16 * S_NS)  # blocks 0..31
+        assert dropped["dropped_blocks"] == 32
+        assert _bloom_keys(store) == sorted(store._headers) == list(range(32, 64))
+        assert store.count(q.Token("needle28")) == 0
+        answer, decoded = _decoded_blocks(store, lambda: store.query(q.Token("needle35"), limit=10))
+        assert [r["id"] for r in answer["rows"]] == [35 * 16 + 5]
+        assert 35 in decoded and len(decoded) <= 3, decoded
+    finally:
+        close_store(store)
+
+
+def _reachable_bytes(root: Any) -> list[bytes]:
+    """Every bytes object reachable from ``root`` through containers and instances (not through
+    modules, classes or functions: those lead to the whole interpreter).  A walk, not
+    gc.get_objects(): CPython does not track a dict that holds only ints and bytes."""
+    import gc
+    import types
+
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
+    found, seen, todo = [], {id(root)}, [root]
+    while todo:
+        for value in gc.get_referents(todo.pop()):
+            if id(value) in seen or isinstance(value, skip):
+                continue
+            seen.add(id(value))
+            if type(value) is bytes:
+                found.append(value)
+            else:
+                todo.append(value)
+    return found
+
+
+def test_sealed_blocks_leave_no_bloom_filter_in_memory(tmp: Path) -> None:
+    """Sealing 100 blocks and querying them leaves at most the filter of the last block sealed or
+    read reachable from the store, not one per block (before: every bloom, for the store's life)."""
+    import hashlib
+
+    records = _needle_records(100, 16)
+    store = Store(tmp / "s", QUIET)
+    try:
+        store.ingest(records)
+        store.flush()
+        assert store.count(q.Token("needle42")) == 1
+        with store._env.read() as txn:
+            digests = {hashlib.sha1(value).digest() for _, value in txn.cursor(db=store._dbs[layout.DB_BLOOMS])}
+        assert len(digests) == 100
+        held = sum(hashlib.sha1(value).digest() in digests for value in _reachable_bytes(store))
+        assert held <= 2, f"{held} of 100 bloom filters are held in memory"
+    finally:
+        close_store(store)
+
+
 def test_blocks_sealed_before_minute_counts_still_answer_windows(tmp: Path) -> None:
     """Headers written before per-minute counts existed (version 1) decode without them; level
     counts and per-minute histograms over a window then come from the blocks, and stay exact."""
