@@ -116,7 +116,11 @@ class ShardServer:
                                                        limits=limits_from_wire(limits), ecs_indexes=ecs_indexes)
             # the WAL keeps the texts of the stored records, not the records: packing them costs a
             # tenth as much, and replay normalizes them again to the same records
-            kept = [record["id"] - id_base for record in records]
+            if rejected:
+                dropped = {rejection["line"] for rejection in rejected}
+                kept = [number for number in numbers if number not in dropped]
+            else:
+                kept = numbers  # records come in line order, one per line that was not rejected
             wal = layout.wal_lines_value(texts, kept, id_base, now_ns, limits) if records else None
             result = await self._store(records, args, wal)
             if rejected:

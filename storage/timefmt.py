@@ -218,7 +218,8 @@ def _epoch_number_ns(negative: bool, whole: int, fraction: str | None) -> int | 
 #: record.  Bounded: cleared when full.
 _SECOND_CACHE: dict[str, int] = {}
 _SECOND_CACHE_MAX = 4096
-_DIGITS = frozenset("0123456789")
+#: ns per unit of the last digit of a fraction with i digits
+_FRACTION_SCALE = tuple(10 ** (9 - i) for i in range(10))
 
 
 def parse_utc_z(text: str) -> int | None:
@@ -231,9 +232,10 @@ def parse_utc_z(text: str) -> int | None:
         fraction_ns = 0
     else:
         digits = text[20:-1]
-        if text[19] != "." or not 1 <= len(digits) <= 9 or not _DIGITS.issuperset(digits):
+        # isascii() and isdigit(): exactly 0-9 (str.isdigit alone takes other scripts' digits)
+        if text[19] != "." or not 1 <= len(digits) <= 9 or not (digits.isascii() and digits.isdigit()):
             return None
-        fraction_ns = int(digits) * 10 ** (9 - len(digits))
+        fraction_ns = int(digits) * _FRACTION_SCALE[len(digits)]
     second = text[:19]
     base = _SECOND_CACHE.get(second)
     if base is None:
