@@ -392,6 +392,12 @@ def test_long_scans_release_mapped_pages_as_they_go_and_answer_the_same(tmp: Pat
         assert answer["rows"] == expected and answer["total"] == len(expected)
         assert len(calls) >= store.stats()["blocks"] // 64, f"one scan released {len(calls)} times"
         assert store.count(q.Token("timeout")) == sum(q.matches(q.Token("timeout"), r) for r in records)
+        # a rare token: the prefilter reads every block's bloom filter (each read maps its
+        # neighbours too) and checks the budget as often
+        calls.clear()
+        rare = q.Token("zzzneverwritten")
+        assert store.query(rare, limit=10)["total"] == 0
+        assert len(calls) >= store.stats()["blocks"] // 64 - 1, f"one bloom pass released {len(calls)} times"
     finally:
         close_store(store)
 
