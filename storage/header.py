@@ -22,10 +22,9 @@ Version 1 headers (written before minutes existed) still decode, with ``minutes`
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
-
-import sys
 
 import msgpack
 

@@ -4,8 +4,9 @@ A ``Snapshot`` is what a reader sees: the headers of the sealed blocks that over
 bounds (taken from the AVL index under the store's state lock) plus the unsealed in-memory tail.
 Blocks are read in one LMDB read transaction opened after the snapshot was taken, so every block in
 the snapshot is visible in it (a block retention dropped meanwhile is skipped: its data had expired).
-Bloom filters are not held in memory: the prefilter reads each block's filter from the map, inside
-that transaction, and only for blocks the header counts did not already rule out.
+The prefilter asks each block's bloom filter, only for blocks the header counts did not already rule
+out: the newest blocks' filters are in memory (``storage.bloom.BloomCache``), older ones are read
+from the map inside that transaction.
 
 Row queries visit blocks newest-first (or oldest-first) and stop as soon as no remaining block can
 beat the current page, unless an exact total is asked for; counts and aggregations use header counts
@@ -26,7 +27,7 @@ import lmdb
 from storage import layout
 from storage import query as q
 from storage.aggregate import AggSpec, Aggregator
-from storage.bloom import bloom_may_contain, term_hashes
+from storage.bloom import BloomCache, bloom_may_contain, term_hashes
 from storage.block import decode_column
 from storage.errors import BadQuery
 from storage.header import MINUTE_NS, BlockHeader
@@ -89,6 +90,8 @@ class LruCache:
 @dataclass(slots=True)
 class Snapshot:
     blocks: list[BlockHeader]
+    #: the store's in-memory filters (the newest blocks'); others are read from the map
+    blooms: BloomCache
     tail: list[dict[str, Any]]
 
 
@@ -177,15 +180,15 @@ class View:
     __slots__ = ("header", "_txn", "_dbs", "_cache", "_bloom", "_hashes", "_present")
 
     def __init__(self, header: BlockHeader, txn: lmdb.Transaction, dbs: dict[bytes, Any],
-                 cache: LruCache, hashes: dict[str, tuple[int, int]],
+                 cache: LruCache, bloom: bytes | None, hashes: dict[str, tuple[int, int]],
                  present: frozenset[str] = frozenset()) -> None:
         self.header = header
         self._txn = txn
         self._dbs = dbs
         self._cache = cache
-        #: the block's bloom filter, read from the map on the first question (False: not read yet;
-        #: None: the block has none, or retention dropped it meanwhile)
-        self._bloom: bytes | None | bool = False
+        #: the block's bloom filter: from memory, else read from the map on the first question
+        #: (False: not read yet; None: the block has none, or retention dropped it meanwhile)
+        self._bloom: bytes | None | bool = False if bloom is None else bloom
         self._hashes = hashes
         #: terms the prefilter already found in this block's bloom filter
         self._present = present
@@ -254,10 +257,6 @@ class ReadEnv(Protocol):
 #: a scan checks the mapped-pages budget every 64 blocks (every 64 * 2 posting reads map at most
 #: a few MiB, with the kernel's fault-around)
 _RELEASE_EVERY_MASK = 63
-#: the prefilter reads one bloom filter (~4 KiB, two pages) per block, but the kernel's fault-around
-#: maps ~100 KiB of cached neighbours with each (measured: 490 blooms read, +48 MiB file-backed RSS):
-#: checking the budget (a /proc/self/statm read, ~5 us) every 64 blocks keeps that under ~7 MiB
-_PREFILTER_CHUNK = 64
 
 
 # --- skipping blocks without reading them ----------------------------------------------------------
@@ -265,9 +264,9 @@ _PREFILTER_CHUNK = 64
 
 def prefilter(env: ReadEnv, txn: lmdb.Transaction, dbs: dict[bytes, Any], snap: Snapshot, node: q.Node,
               hashes: dict[str, tuple[int, int]]) -> tuple[list[BlockHeader], frozenset[str]]:
-    """The snapshot's blocks that may hold a match, judged by header counts (in memory) and then the
-    bloom filters (read from the map in ``txn``, only for blocks the counts kept): for a rare term this
-    loop is the whole cost of a query.  Also returns the bloom terms every kept block was found to hold
+    """The snapshot's blocks that may hold a match, judged by header counts and then the bloom
+    filters (only for blocks the counts kept; from memory, or for older blocks from the map in ``txn``):
+    for a rare term this loop is the whole cost of a query.  Also returns the bloom terms every kept block was found to hold
     (so evaluation does not ask the bloom filter again).  A block without a filter (or dropped by
     retention since the snapshot) is kept: reading it tells."""
     terms, fields = block_filter(node)
@@ -279,38 +278,42 @@ def prefilter(env: ReadEnv, txn: lmdb.Transaction, dbs: dict[bytes, Any], snap: 
         if h is None:
             h = hashes[term] = term_hashes(layout.term_bytes(term)[0])
         probes.append(h)
-    get_bloom = txn.cursor(db=dbs[layout.DB_BLOOMS]).get if probes else None
+    in_memory = snap.blooms.get
+    from_map = txn.cursor(db=dbs[layout.DB_BLOOMS]).get
     block_key = layout.BLOCK_KEY.pack
     first_probe, other_probes = (probes[0], probes[1:]) if probes else (None, [])
-    blocks = snap.blocks
+    map_reads = 0
     kept = []
-    # These loops run for every block of the snapshot: no generator or helper call per block (a
+    # This loop runs for every block of the snapshot: no generator or helper call per block (a
     # generator expression per block costs about as much as reading its bloom from the map).
-    for start in range(0, len(blocks), _PREFILTER_CHUNK):
-        if start:
-            env.release_over_budget(throttle=False)
-        for header in blocks[start:start + _PREFILTER_CHUNK]:
-            if fields:
-                counts_ok = True
-                for name, value in fields:
-                    if value not in header.field_counts(name):  # type: ignore[operator]  # level/source/tag
-                        counts_ok = False
-                        break
-                if not counts_ok:
+    for header in snap.blocks:
+        if fields:
+            counts_ok = True
+            for name, value in fields:
+                if value not in header.field_counts(name):  # type: ignore[operator]  # level/source/tag
+                    counts_ok = False
+                    break
+            if not counts_ok:
+                continue
+        if first_probe is not None:
+            bloom = in_memory(header.block_id)
+            if bloom is None:  # an older block's filter: from the map
+                bloom = from_map(block_key(header.block_id))
+                map_reads += 1
+                if not map_reads & _RELEASE_EVERY_MASK:
+                    # each read maps ~45 KiB with its neighbours (see storage.bloom.BloomCache)
+                    env.release_over_budget(throttle=False)
+            if bloom is not None:
+                if not bloom_may_contain(bloom, first_probe):
                     continue
-            if get_bloom is not None:
-                bloom = get_bloom(block_key(header.block_id))
-                if bloom is not None:
-                    if not bloom_may_contain(bloom, first_probe):  # type: ignore[arg-type]
-                        continue
-                    if other_probes:
-                        for h in other_probes:
-                            if not bloom_may_contain(bloom, h):
-                                break
-                        else:
-                            kept.append(header)
-                        continue
-            kept.append(header)
+                if other_probes:
+                    for h in other_probes:
+                        if not bloom_may_contain(bloom, h):
+                            break
+                    else:
+                        kept.append(header)
+                    continue
+        kept.append(header)
     return kept, frozenset(terms)
 
 
@@ -520,7 +523,7 @@ def run_query(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node, 
                 if c is not None:
                     total += c
                     continue
-            view = View(header, txn, dbs, cache, hashes, present)
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
                 bits = matching_rows(node, view)
                 if after is not None and bits:
@@ -567,7 +570,7 @@ def run_count(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.Node) 
             if c is not None:
                 total += c
                 continue
-            view = View(header, txn, dbs, cache, hashes, present)
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
                 total += matching_rows(node, view).bit_count()
             except BlockGone:
@@ -606,7 +609,7 @@ def run_aggregate(env: ReadEnv, dbs, cache: LruCache, snap: Snapshot, node: q.No
         for visited, header in enumerate(blocks):
             if visited & _RELEASE_EVERY_MASK == _RELEASE_EVERY_MASK:
                 env.release_over_budget(throttle=False)
-            view = View(header, txn, dbs, cache, hashes, present)
+            view = View(header, txn, dbs, cache, snap.blooms.get(header.block_id), hashes, present)
             try:
                 if by_minutes and header.minutes is not None and agg.time_only:
                     levels = header_levels(node, header)

@@ -14,8 +14,8 @@ Read path: a snapshot of (blocks overlapping the time bounds, the unsealed tail)
 ``_state_lock``; the blocks are then read in one read transaction (``storage.search``).
 
 Locking rules:
-* ``_state_lock`` guards ``_tree``, ``_headers``, ``_tail`` (and each entry's ``start``),
-  ``_tail_records`` and ``_sealing_records``;
+* ``_state_lock`` guards ``_tree``, ``_headers``, ``_blooms`` (its writes), ``_tail`` (and each
+  entry's ``start``), ``_tail_records`` and ``_sealing_records``;
   the writer changes them only after the LMDB commit that makes the change durable succeeded, so
   a snapshot never shows a block whose data a read transaction could miss, and never shows a
   record twice (in a block and in the tail).
@@ -43,6 +43,7 @@ from storage import query as q
 from storage.aggregate import AggSpec, Aggregator, merge as merge_partials, to_wire as aggregate_to_wire
 from storage.avl import IntervalTree
 from storage.block import MAX_BLOCK_ROWS, SealedBlock, build_block
+from storage.bloom import BloomCache
 from storage.env import Env, make_private_dir, take_owner_lock
 from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, StoreFull
 from storage.header import MINUTE_NS, BlockHeader, HeaderTotals
@@ -69,6 +70,9 @@ class StoreConfig:
     max_unsealed_records: int = 16_384
     #: decoded columns and posting bitmaps kept in memory for repeated queries (estimated bytes)
     cache_bytes: int = 64 * 1024 * 1024
+    #: bloom filters of the newest blocks kept in memory (~4 KiB per block of 1,024 records: 8 MiB
+    #: covers the newest ~2M records); a query reads older blocks' filters from the map
+    bloom_cache_bytes: int = 8 * 1024 * 1024
     reader_check_interval_s: float = 60.0
     #: when the process's file-backed RSS passes this, the store unmaps the data-file pages it has
     #: read (Env.release_pages; they stay in the page cache), so RSS tracks the working set instead
@@ -213,9 +217,10 @@ class Store:
         self._cache = LruCache(self.config.cache_bytes)
         self._state_lock = threading.Lock()
         self._tree = IntervalTree()
-        #: every sealed block's header (queries prune by their counts on every block); the blocks'
-        #: bloom filters are not held here: a query reads them from the map (storage.search)
+        #: every sealed block's header (queries prune by their counts on every block)
         self._headers: dict[int, BlockHeader] = {}
+        #: the newest blocks' bloom filters (bounded; a query reads the others from the map)
+        self._blooms = BloomCache(self.config.bloom_cache_bytes)
         self._tail: list[_WalEntry] = []  # unsealed batches, oldest first
         self._tail_records = 0
         #: the oldest unsealed rows claimed by a block being built or committed (not yet shown)
@@ -263,6 +268,7 @@ class Store:
                 self._headers[header.block_id] = header
                 self._totals.add(header)
                 items.append((header.min_ts, header.max_ts, header.block_id))
+            self._load_blooms(txn)
             done = {layout.read_u64(k): layout.U32.unpack(v)[0]
                     for k, v in txn.cursor(db=self._dbs[layout.DB_WAL_DONE])}
             for key, value in txn.cursor(db=self._dbs[layout.DB_WAL]):
@@ -284,6 +290,22 @@ class Store:
         self._tail_since = time.monotonic()
         if self._tail:
             log.info("store %s: replayed %d records from the WAL", self.path, self._tail_records)
+
+    def _load_blooms(self, txn: lmdb.Transaction) -> None:
+        """The newest blocks' filters that fit in the bloom cache, added oldest first."""
+        newest: list[tuple[int, bytes]] = []
+        room = self._blooms.max_bytes
+        cursor = txn.cursor(db=self._dbs[layout.DB_BLOOMS])
+        found = cursor.last()
+        while found:
+            value = cursor.value()
+            if len(value) > room:
+                break
+            room -= len(value)
+            newest.append((layout.read_u64(cursor.key()), bytes(value)))
+            found = cursor.prev()
+        for block_id, bloom in reversed(newest):
+            self._blooms.add(block_id, bloom)
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -582,6 +604,7 @@ class Store:
         self._tail_since = time.monotonic()
         self._headers[header.block_id] = header
         self._totals.add(header)
+        self._blooms.add(header.block_id, sealed.bloom)
         self._tree.insert(header.min_ts, header.max_ts, header.block_id)
 
     def _drop_before(self, cutoff_ns: int, batch_blocks: int = 16) -> dict[str, int]:
@@ -600,6 +623,7 @@ class Store:
                     self._tree.remove(min_ts, block_id)
                     header = self._headers.pop(block_id)
                     self._totals.remove(header)
+                    self._blooms.drop(block_id)
                     dropped_records += header.count
 
             def fill(txn: lmdb.Transaction) -> None:
@@ -657,7 +681,7 @@ class Store:
             else:
                 headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(lo, hi)]
             tail = [r for entry in self._tail for r in entry.records[entry.start:]]
-        return Snapshot(headers, tail)
+        return Snapshot(headers, self._blooms, tail)
 
     def _visible(self, node: q.Node) -> q.Node:
         """``node`` restricted to records retention has not expired."""
@@ -715,7 +739,7 @@ class Store:
                 if edge_lo is None or edge_hi is None or edge_lo >= edge_hi:
                     continue
                 headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(edge_lo, edge_hi)]
-                edges.append((q.and_nodes(node, q.TimeRange(edge_lo, edge_hi)), Snapshot(headers, [])))
+                edges.append((q.and_nodes(node, q.TimeRange(edge_lo, edge_hi)), Snapshot(headers, self._blooms, [])))
             tail = [r for entry in self._tail for r in entry.records[entry.start:]]
         return whole, edges, tail
 

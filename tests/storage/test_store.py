@@ -377,7 +377,8 @@ def test_long_scans_release_mapped_pages_as_they_go_and_answer_the_same(tmp: Pat
     transaction is open; unmapping under it changes no answer."""
     rng = random.Random(8)
     records = RecordGen(rng).records(800)
-    config = StoreConfig(block_records=4, seal_after_s=3_600.0, max_mapped_bytes=1)
+    # no bloom cache: the rare-token pass below reads every block's filter from the map
+    config = StoreConfig(block_records=4, seal_after_s=3_600.0, max_mapped_bytes=1, bloom_cache_bytes=0)
     store = Store(tmp / "s", config)
     try:
         store.ingest(records)
@@ -392,8 +393,8 @@ def test_long_scans_release_mapped_pages_as_they_go_and_answer_the_same(tmp: Pat
         assert answer["rows"] == expected and answer["total"] == len(expected)
         assert len(calls) >= store.stats()["blocks"] // 64, f"one scan released {len(calls)} times"
         assert store.count(q.Token("timeout")) == sum(q.matches(q.Token("timeout"), r) for r in records)
-        # a rare token: the prefilter reads every block's bloom filter (each read maps its
-        # neighbours too) and checks the budget as often
+        # a rare token: the prefilter reads every block's bloom filter from the map (each read
+        # maps its neighbours too) and checks the budget as often
         calls.clear()
         rare = q.Token("zzzneverwritten")
         assert store.query(rare, limit=10)["total"] == 0
@@ -402,7 +403,7 @@ def test_long_scans_release_mapped_pages_as_they_go_and_answer_the_same(tmp: Pat
         close_store(store)
 
 
-# --- bloom filters: read from the map, not held in memory ---------------------------------------
+# --- bloom filters: the newest in memory, the rest read from the map -------------------------
 
 
 def _needle_records(n_blocks: int, block_records: int) -> list[dict[str, Any]]:
@@ -441,17 +442,22 @@ def _bloom_keys(store: Store) -> list[int]:
         return [layout.read_u64(k) for k, _ in txn.cursor(db=store._dbs[layout.DB_BLOOMS])]
 
 
-def test_bloom_filters_prune_blocks_after_reopen_and_after_retention(tmp: Path) -> None:
-    """Blooms come from the map, so pruning works the same in a reopened store and after retention
-    dropped blocks (their filters go with them); a token only a dropped block held finds nothing."""
+@pytest.mark.parametrize("cached_blooms", [0, 20, 1000])
+def test_bloom_filters_prune_blocks_after_reopen_and_after_retention(tmp: Path, cached_blooms: int) -> None:
+    """Whether a block's filter is in memory (the newest ``cached_blooms``) or read from the map,
+    pruning works the same, in a reopened store and after retention dropped blocks (their filters go
+    with them); a token only a dropped block held finds nothing."""
     records = _needle_records(64, 16)
     store = Store(tmp / "s", QUIET)
     store.ingest(records)
     store.flush()
+    bloom_bytes = len(store._blooms.get(63))
     close_store(store)
-    store = Store(tmp / "s", QUIET)
+    config = StoreConfig(block_records=16, seal_after_s=3_600.0, bloom_cache_bytes=cached_blooms * bloom_bytes)
+    store = Store(tmp / "s", config)
     try:
         assert _bloom_keys(store) == sorted(store._headers) and len(store._headers) == 64
+        assert len(store._blooms) == min(cached_blooms, 64) and (cached_blooms == 0 or 63 in store._blooms)
         for block in (0, 28, 63):
             token = q.Token(f"needle{block}")
             expected = [r["id"] for r in records if q.matches(token, r)]
@@ -495,22 +501,41 @@ def _reachable_bytes(root: Any) -> list[bytes]:
     return found
 
 
-def test_sealed_blocks_leave_no_bloom_filter_in_memory(tmp: Path) -> None:
-    """Sealing 100 blocks and querying them leaves at most the filter of the last block sealed or
-    read reachable from the store, not one per block (before: every bloom, for the store's life)."""
+def test_only_the_newest_blocks_bloom_filters_stay_in_memory(tmp: Path) -> None:
+    """The bloom cache holds the filters of the newest blocks up to its budget, after sealing and
+    after reopening, not one per block for the store's life; older blocks' filters are read from
+    the map and answer the same."""
     import hashlib
 
     records = _needle_records(100, 16)
-    store = Store(tmp / "s", QUIET)
+    store = Store(tmp / "sizes", QUIET)  # the same blocks, to learn their filters' sizes
     try:
         store.ingest(records)
         store.flush()
-        assert store.count(q.Token("needle42")) == 1
         with store._env.read() as txn:
-            digests = {hashlib.sha1(value).digest() for _, value in txn.cursor(db=store._dbs[layout.DB_BLOOMS])}
-        assert len(digests) == 100
-        held = sum(hashlib.sha1(value).digest() in digests for value in _reachable_bytes(store))
-        assert held <= 2, f"{held} of 100 bloom filters are held in memory"
+            sizes = {layout.read_u64(key): len(value) for key, value in txn.cursor(db=store._dbs[layout.DB_BLOOMS])}
+        close_store(store)
+        # room for exactly the newest 10
+        config = StoreConfig(block_records=16, seal_after_s=3_600.0,
+                             bloom_cache_bytes=sum(sizes[block] for block in range(90, 100)))
+        for reopen in (False, True):
+            store = Store(tmp / "s", config)
+            if not reopen:
+                store.ingest(records)
+                store.flush()
+            with store._env.read() as txn:
+                digests = {layout.read_u64(key): hashlib.sha1(value).digest()
+                           for key, value in txn.cursor(db=store._dbs[layout.DB_BLOOMS])}
+            assert len(digests) == 100
+            held = {hashlib.sha1(value).digest() for value in _reachable_bytes(store)}
+            newest = {digests[block] for block in range(90, 100)}
+            assert {d for d in digests.values() if d in held} == newest, f"reopen={reopen}"
+            for block in (14, 91, 98):  # needles in an old block and in cached ones
+                token = q.Token(f"needle{block}")
+                answer, decoded = _decoded_blocks(store, lambda: store.query(token, limit=10))
+                assert [r["id"] for r in answer["rows"]] == [block * 16 + 5]
+                assert block in decoded and len(decoded) <= 4, decoded
+            close_store(store)
     finally:
         close_store(store)
 
