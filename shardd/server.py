@@ -64,6 +64,12 @@ EXIT_BOOT_FAILURE = 78
 PARENT_POLL_S = 1.0
 #: at most this many stored records are counted when rebuilding one rule's window
 RULE_COUNT_ROWS = 100_000
+#: how long a thread may hold the interpreter lock while another waits (Python's default: 5 ms).
+#: A shard runs two CPU-bound threads, the event loop parsing ingest batches and the sealer
+#: building blocks; fewer forced hand-offs between them measured 2-4 % more ingest (medians of 6
+#: alternating 600k-record runs, daemon CPU per log 16.5 -> 15.9 us).  Queries during a saturating
+#: ingest wait behind whole parse batches anyway (rare-token p50 ~70-120 ms either way).
+SWITCH_INTERVAL_S = 0.02
 
 
 def _int_arg(args: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -269,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.getppid() != ns.parent_pid:
             return EXIT_OK  # the parent died before we got here
     tune_gc()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         config = StoreConfig(block_records=ns.block_records, seal_after_s=ns.seal_after_s,
                              max_store_bytes=ns.max_store_bytes)
