@@ -265,10 +265,10 @@ _RELEASE_EVERY_MASK = 63
 def prefilter(env: ReadEnv, txn: lmdb.Transaction, dbs: dict[bytes, Any], snap: Snapshot, node: q.Node,
               hashes: dict[str, tuple[int, int]]) -> tuple[list[BlockHeader], frozenset[str]]:
     """The snapshot's blocks that may hold a match, judged by header counts and then the bloom
-    filters (only for blocks the counts kept; from memory, or for older blocks from the map in ``txn``):
-    for a rare term this loop is the whole cost of a query.  Also returns the bloom terms every kept block was found to hold
-    (so evaluation does not ask the bloom filter again).  A block without a filter (or dropped by
-    retention since the snapshot) is kept: reading it tells."""
+    filters (only for blocks the counts kept; from memory, or for older blocks from the map in
+    ``txn``): for a rare term this loop is the whole cost of a query.  Also returns the bloom terms
+    every kept block was found to hold (so evaluation does not ask the bloom filter again).  A block
+    without a filter (or dropped by retention since the snapshot) is kept: reading it tells."""
     terms, fields = block_filter(node)
     if not terms and not fields:
         return snap.blocks, frozenset()
