@@ -14,8 +14,9 @@ Read path: a snapshot of (blocks overlapping the time bounds, the unsealed tail)
 ``_state_lock``; the blocks are then read in one read transaction (``storage.search``).
 
 Locking rules:
-* ``_state_lock`` guards ``_tree``, ``_headers``, ``_blooms`` (its writes), ``_tail`` (and each
-  entry's ``start``), ``_tail_records`` and ``_sealing_records``;
+* ``_state_lock`` guards ``_tree``, ``_headers``, ``_blooms`` (its writes) and ``_tail``
+  (``storage.tail``: the unsealed batches, each entry's ``start``, and the rows claimed by blocks
+  in flight);
   the writer changes them only after the LMDB commit that makes the change durable succeeded, so
   a snapshot never shows a block whose data a read transaction could miss, and never shows a
   record twice (in a block and in the tail).
@@ -49,6 +50,7 @@ from storage.errors import BadRequest, CorruptData, Overloaded, ShardlogError, S
 from storage.header import MINUTE_NS, BlockHeader, HeaderTotals
 from storage.jsonlines import replay_lines
 from storage.search import LruCache, Snapshot, level_window, run_aggregate, run_count, run_query
+from storage.tail import Tail, Taken, WalEntry
 
 log = logging.getLogger("shardlog.store")
 
@@ -189,17 +191,6 @@ class _Task:
         self.future: Future = Future()
 
 
-class _WalEntry:
-    """One ingest batch in the WAL; rows before ``start`` are already sealed into blocks."""
-
-    __slots__ = ("seq", "records", "start")
-
-    def __init__(self, seq: int, records: list[dict[str, Any]], start: int = 0) -> None:
-        self.seq = seq
-        self.records = records
-        self.start = start
-
-
 class Store:
     def __init__(self, path: str | os.PathLike[str], config: StoreConfig | None = None) -> None:
         self.path = Path(path)
@@ -221,11 +212,7 @@ class Store:
         self._headers: dict[int, BlockHeader] = {}
         #: the newest blocks' bloom filters (bounded; a query reads the others from the map)
         self._blooms = BloomCache(self.config.bloom_cache_bytes)
-        self._tail: list[_WalEntry] = []  # unsealed batches, oldest first
-        self._tail_records = 0
-        #: the oldest unsealed rows claimed by a block being built or committed (not yet shown)
-        self._sealing_records = 0
-        self._tail_since = 0.0  # monotonic time the oldest unsealed record arrived
+        self._tail = Tail()  # acknowledged batches not sealed yet, and the rows blocks in flight claimed
         self._pending_records = 0
         self._pending_lock = threading.Lock()
         self._next_seq = 0
@@ -271,6 +258,7 @@ class Store:
             self._load_blooms(txn)
             done = {layout.read_u64(k): layout.U32.unpack(v)[0]
                     for k, v in txn.cursor(db=self._dbs[layout.DB_WAL_DONE])}
+            replayed: list[WalEntry] = []
             for key, value in txn.cursor(db=self._dbs[layout.DB_WAL]):
                 seq = layout.read_u64(key)
                 try:
@@ -282,14 +270,13 @@ class Store:
                     raise CorruptData(f"WAL entry {seq} in {self.path} cannot be read: {exc}") from exc
                 start = done.get(seq, 0)
                 if start < len(batch):
-                    self._tail.append(_WalEntry(seq, batch, start))
-                    self._tail_records += len(batch) - start
+                    replayed.append(WalEntry(seq, batch, start))
                 self._next_seq = seq + 1
         self._tree = IntervalTree.from_items(items)
         self._next_block_id = max(self._headers, default=-1) + 1
-        self._tail_since = time.monotonic()
+        self._tail.append(replayed, time.monotonic())
         if self._tail:
-            log.info("store %s: replayed %d records from the WAL", self.path, self._tail_records)
+            log.info("store %s: replayed %d records from the WAL", self.path, self._tail.records)
 
     def _load_blooms(self, txn: lmdb.Transaction) -> None:
         """The newest blocks' filters that fit in the bloom cache, added oldest first."""
@@ -356,7 +343,7 @@ class Store:
         held: list[_Task] = []
         while True:
             try:
-                if held and self._tail_records < self.config.max_unsealed_records:
+                if held and self._tail.records < self.config.max_unsealed_records:
                     tasks = [self._queue.get_nowait()]  # room again: commit the held batches now
                 else:
                     tasks = [self._queue.get(timeout=0.05 if held else None)]
@@ -371,12 +358,12 @@ class Store:
             ingests = held + [t for t in tasks if t.kind == "ingest"]
             seals = [t for t in tasks if t.kind == "seal"]
             held = []
-            if ingests and not stop and self._tail_records >= self.config.max_unsealed_records:
+            if ingests and not stop and self._tail.records >= self.config.max_unsealed_records:
                 held, ingests = ingests, []
                 self._seal_wakeup.set()
             if ingests or seals:
                 self._commit(ingests, seals)
-                if self._tail_records >= self.config.block_records:
+                if self._tail.records >= self.config.block_records:
                     self._seal_wakeup.set()
             if stop:
                 for task in stop:
@@ -441,12 +428,12 @@ class Store:
         chunks; a sealed block is stored and its WAL chunks deleted.  One fsync for all of them."""
         now_ns = time.time_ns()
 
-        def fill(txn: lmdb.Transaction) -> tuple[list[Any], list[_WalEntry], int]:
+        def fill(txn: lmdb.Transaction) -> tuple[list[Any], list[WalEntry], int]:
             for seal in seals:
                 self._put_block(txn, *seal.arg)
             seq = self._next_seq
             results: list[Any] = []
-            entries: list[_WalEntry] = []
+            entries: list[WalEntry] = []
             seen: dict[bytes, int] = {}
             wal = self._dbs[layout.DB_WAL]
             for task in tasks:
@@ -463,7 +450,7 @@ class Store:
                 if records:
                     packed = task.packed if task.packed is not None else msgpack.packb(records, use_bin_type=True)
                     txn.put(layout.u64(seq), packed, db=wal, append=True)
-                    entries.append(_WalEntry(seq, records))
+                    entries.append(WalEntry(seq, records))
                     seq += 1
                 if ikey is not None:
                     seen[ikey] = len(records)
@@ -482,7 +469,8 @@ class Store:
             error = exc if isinstance(exc, ShardlogError) else StoreFull(str(exc)) if isinstance(
                 exc, lmdb.MapFullError) else ShardlogError(f"commit failed in {self.path}: {exc}")
             with self._state_lock:  # the rows of failed blocks are the sealer's to claim again
-                self._sealing_records -= sum(seal.arg[2] for seal in seals)
+                for seal in seals:
+                    self._tail.release(seal.arg[2])
             for task in tasks + seals:
                 task.future.set_exception(error)
             if not isinstance(exc, Exception):
@@ -493,10 +481,7 @@ class Store:
         with self._state_lock:
             for seal in seals:
                 self._show_block(*seal.arg)
-            if not self._tail and entries:
-                self._tail_since = time.monotonic()
-            self._tail.extend(entries)
-            self._tail_records += sum(len(e.records) for e in entries)
+            self._tail.append(entries, time.monotonic())
         with self._pending_lock:
             self._pending_records -= total
         for task, result in zip(tasks, results):
@@ -511,21 +496,18 @@ class Store:
         Pipelined: block k+1 is built while the writer commits block k (an fsync), instead of
         waiting for it; measured, the wait was ~5 ms per block against ~8.5 ms of building.  At
         most one block is queued at a time, and block k+1 is queued only once block k committed, so
-        the writer never stores a block whose predecessor failed; the rows a built block claims are
-        counted in ``_sealing_records`` until it is shown (or failed) and skipped by the next claim."""
+        the writer never stores a block whose predecessor failed; the rows a built block claims
+        stay claimed in the tail until it is shown (or failed), and the next claim skips them."""
         block_records = self.config.block_records
         queued: _Task | None = None
         try:
             while True:
                 with self._state_lock:
-                    claimed = self._sealing_records
-                    unclaimed = self._tail_records - claimed
-                    aged = unclaimed > 0 and time.monotonic() - self._tail_since >= self.config.seal_after_s
+                    unclaimed = self._tail.unclaimed
+                    aged = unclaimed > 0 and time.monotonic() - self._tail.since >= self.config.seal_after_s
                     if unclaimed <= 0 or (unclaimed < block_records and not force and not aged):
                         break
-                    taken = self._claim(claimed, block_records)
-                    count = sum(end - start for _, start, end in taken)
-                    self._sealing_records += count
+                    taken, count = self._tail.claim(block_records)
                 try:
                     records = [r for entry, start, end in taken for r in entry.records[start:end]]
                     sealed = build_block(records, self._next_block_id)
@@ -535,7 +517,7 @@ class Store:
                         self._maybe_release_pages()
                 except BaseException:
                     with self._state_lock:
-                        self._sealing_records -= count
+                        self._tail.release(count)
                     raise
                 self._next_block_id += 1
                 # the writer stores it in its next transaction, together with pending ingest batches
@@ -548,27 +530,7 @@ class Store:
                 queued.future.result()
                 self._maybe_release_pages()
 
-    def _claim(self, skip: int, block_records: int) -> list[tuple[_WalEntry, int, int]]:
-        """(entry, first row, end row) of up to one block of the oldest unsealed rows after the
-        ``skip`` rows that blocks being committed already claimed (call under ``_state_lock``)."""
-        taken: list[tuple[_WalEntry, int, int]] = []
-        count = 0
-        for entry in self._tail:
-            start = entry.start
-            available = len(entry.records) - start
-            if skip >= available:
-                skip -= available
-                continue
-            start += skip
-            skip = 0
-            end = min(len(entry.records), start + block_records - count)
-            taken.append((entry, start, end))
-            count += end - start
-            if count >= block_records:
-                break
-        return taken
-
-    def _put_block(self, txn: lmdb.Transaction, sealed: SealedBlock, taken: list[tuple[_WalEntry, int, int]],
+    def _put_block(self, txn: lmdb.Transaction, sealed: SealedBlock, taken: list[Taken],
                    count: int) -> None:
         block_id = sealed.header.block_id
         prefix = layout.block_prefix(block_id)
@@ -592,16 +554,10 @@ class Store:
             else:  # partly sealed: remember how far, instead of rewriting the batch
                 txn.put(key, layout.U32.pack(end), db=self._dbs[layout.DB_WAL_DONE])
 
-    def _show_block(self, sealed: SealedBlock, taken: list[tuple[_WalEntry, int, int]], count: int) -> None:
+    def _show_block(self, sealed: SealedBlock, taken: list[Taken], count: int) -> None:
         """After the commit, under the state lock: the block replaces its rows in the tail."""
         header = sealed.header
-        for entry, _, end in taken:
-            entry.start = end
-        while self._tail and self._tail[0].start >= len(self._tail[0].records):
-            del self._tail[0]
-        self._tail_records -= count
-        self._sealing_records -= count
-        self._tail_since = time.monotonic()
+        self._tail.seal(taken, count, time.monotonic())
         self._headers[header.block_id] = header
         self._totals.add(header)
         self._blooms.add(header.block_id, sealed.bloom)
@@ -680,7 +636,7 @@ class Store:
                 headers = []
             else:
                 headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(lo, hi)]
-            tail = [r for entry in self._tail for r in entry.records[entry.start:]]
+            tail = self._tail.rows()
         return Snapshot(headers, self._blooms, tail)
 
     def _visible(self, node: q.Node) -> q.Node:
@@ -740,7 +696,7 @@ class Store:
                     continue
                 headers = [self._headers[block_id] for _, _, block_id in self._tree.overlapping(edge_lo, edge_hi)]
                 edges.append((q.and_nodes(node, q.TimeRange(edge_lo, edge_hi)), Snapshot(headers, self._blooms, [])))
-            tail = [r for entry in self._tail for r in entry.records[entry.start:]]
+            tail = self._tail.rows()
         return whole, edges, tail
 
     def aggregate(self, node: q.Node, spec: AggSpec) -> dict[str, Any]:
@@ -751,7 +707,7 @@ class Store:
                 whole = self._everything_visible()
                 if whole:
                     agg.add_header_counts(self._totals.count, self._totals.by_field(), None)
-                    tail = [r for entry in self._tail for r in entry.records[entry.start:]]
+                    tail = self._tail.rows()
             if whole:
                 for record in tail:
                     agg.add_record(record)
@@ -791,7 +747,7 @@ class Store:
             blocks = len(self._headers)
             min_ts = next(iter(self._tree))[0] if self._headers else None
             max_ts = max((h.max_ts for h in self._headers.values()), default=None)
-            tail = [r for entry in self._tail for r in entry.records[entry.start:]]
+            tail = self._tail.rows()
         levels, sources, tags = totals["level"], totals["source"], totals["tags"]
         for record in tail:
             levels[record["level"]] = levels.get(record["level"], 0) + 1

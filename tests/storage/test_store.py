@@ -954,7 +954,7 @@ def test_a_block_that_fails_to_commit_leaves_its_rows_and_the_next_block_unseale
         stats = store.stats()
         assert (stats["sealed_records"], stats["unsealed_records"]) == (80, 0)
         assert _ids(store) == list(range(1, 81))
-        assert store._sealing_records == 0  # every claim was released or shown
+        assert store._tail.claimed == 0  # every claim was released or shown
         close_store(store)
         store = Store(tmp / "s", StoreConfig(block_records=16, seal_after_s=3_600.0))
         assert _ids(store) == list(range(1, 81))
