@@ -279,7 +279,8 @@ def prefilter(env: ReadEnv, txn: lmdb.Transaction, dbs: dict[bytes, Any], snap: 
             h = hashes[term] = term_hashes(layout.term_bytes(term)[0])
         probes.append(h)
     in_memory = snap.blooms.get
-    from_map = txn.cursor(db=dbs[layout.DB_BLOOMS]).get
+    # a cursor only when some block may need its filter read (a query of field values needs none)
+    from_map = txn.cursor(db=dbs[layout.DB_BLOOMS]).get if probes else None
     block_key = layout.BLOCK_KEY.pack
     first_probe, other_probes = (probes[0], probes[1:]) if probes else (None, [])
     map_reads = 0
@@ -298,7 +299,7 @@ def prefilter(env: ReadEnv, txn: lmdb.Transaction, dbs: dict[bytes, Any], snap: 
         if first_probe is not None:
             bloom = in_memory(header.block_id)
             if bloom is None:  # an older block's filter: from the map
-                bloom = from_map(block_key(header.block_id))
+                bloom = from_map(block_key(header.block_id))  # type: ignore[misc]  # probes, so set
                 map_reads += 1
                 if not map_reads & _RELEASE_EVERY_MASK:
                     # each read maps ~45 KiB with its neighbours (see storage.bloom.BloomCache)
